@@ -1,0 +1,211 @@
+"""The toy world: a tiny language model that can already do running sums, but not reliably.
+
+It is the embedded default of sept_mini.py, so that SePT can be watched on a laptop CPU with no
+internet. A question is a 4-step running sum, and a reference answer writes every step out:
+
+    47+5-3+9-7:   ->   47+5=52;52-3=49;49+9=58;58-7=51;\\boxed{51}
+
+The base model is a 3-layer, 96-wide Qwen2 (0.42M parameters, character-level tokenizer) pretrained from
+scratch on NOISY reference answers: each step's result is off by 1 or 2 with probability P_ERROR and
+the error is carried on. The model learns the right preference ordering (the correct digit is the
+most likely one) with small margins, the regime the SePT paper targets: greedy decoding is mostly
+right, sampling at temperature 1 is often wrong. With P_ERROR = 0.2 a sample at tau = 0.6 is right
+far more often than wrong, so training on such samples sharpens the model. With P_ERROR = 0.3 the
+low-temperature samples are wrong about half the time and SePT reinforces the errors: the regime matters.
+
+    python toy_world.py                      # build (or reuse) the cached base model, print its accuracy
+    python toy_world.py --rebuild            # build it again from scratch
+
+Everything is deterministic given the seed. The build takes about a minute on 2 CPU cores and is
+cached under --cache-dir (default ~/.cache/sept-mini); a partial or corrupt cache is rebuilt.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+
+import torch
+
+STEPS = 4            # additions/subtractions per question
+P_ERROR = 0.2        # probability that a step's result in the pretraining data is off by 1 or 2
+LO, HI = 18, 91      # true running sums stay here, so every number (even 4 errors of 2 off) has 2 digits
+BOXED = "\\boxed{"   # one token, so the answer format costs the model nothing to learn
+EOS = "<|endoftext|>"  # also the pad token, as in Qwen base models (the trap sept_mini.py guards)
+TEMPLATE_VERSION = 3   # bump when the data, tokenizer or model recipe changes: invalidates the cache
+
+
+# -----------------------------------------------------------------------------
+# questions and reference answers
+
+def make_question(rng):
+    """A random question (start, [+-operand, ...]) whose running sums all stay in [LO, HI]."""
+    while True:
+        start, total, ops = rng.randint(LO, HI), None, []
+        total = start
+        for _ in range(STEPS):
+            op = rng.choice([-1, 1]) * rng.randint(1, 9)
+            if not LO <= total + op <= HI:
+                op = -op  # flip the sign rather than redraw: keeps the operand distribution flat
+            total += op
+            ops.append(op)
+        if all(LO <= s <= HI for s in _running(start, ops)):
+            return start, ops
+
+
+def _running(start, ops):
+    sums, total = [], start
+    for op in ops:
+        total += op
+        sums.append(total)
+    return sums
+
+
+def question_text(start, ops):
+    return str(start) + "".join(f"{op:+d}" for op in ops)
+
+
+def is_heldout(text):
+    # the split is a hash of the question, so train and held-out can never share a question
+    return int(hashlib.sha1(text.encode()).hexdigest(), 16) % 10 == 0
+
+
+def solution(start, ops, rng=None, p_error=0.0):
+    """Step-by-step answer; with p_error each step's result may be off by +-1/2 (and carried on)."""
+    parts, total = [], start
+    for op in ops:
+        new = total + op
+        if rng is not None and rng.random() < p_error:
+            new += rng.choice([-2, -1, 1, 2])
+        parts.append(f"{total}{op:+d}={new};")
+        total = new
+    return "".join(parts) + BOXED + f"{total}}}"
+
+
+def questions(split, n, seed=0):
+    """n distinct questions of one split ('train' or 'test'), as dicts {id, question, answer}."""
+    rng, out, seen = random.Random(f"{split}-{seed}"), [], set()
+    while len(out) < n:
+        start, ops = make_question(rng)
+        text = question_text(start, ops)
+        if text in seen or is_heldout(text) != (split == "test"):
+            continue
+        seen.add(text)
+        out.append({"id": f"toy-{split}-{len(out)}", "question": text, "answer": str(_running(start, ops)[-1])})
+    return out
+
+
+# -----------------------------------------------------------------------------
+# tokenizer and model
+
+def build_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = [EOS, "<unk>", BOXED] + list("0123456789+-=;:}")
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\\boxed\{|."), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # characters join without spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, unk_token="<unk>")
+    # The toy world's own prompt template: the question, then ':'. Carried as a chat template so
+    # sept_mini.py prompts every model the same way (system messages are ignored here).
+    tokenizer.chat_template = "{{ messages[-1]['content'] }}:"
+    return tokenizer
+
+
+def build_model(tokenizer, hidden=96, layers=3, seed=0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=4 * hidden,
+                         max_position_embeddings=128, tie_word_embeddings=True, rope_theta=10000.0,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=None)
+    return Qwen2ForCausalLM(config)
+
+
+def pretrain(model, tokenizer, steps, batch_size=64, lr=4e-3, seed=0, log=print):
+    """Next-token training on noisy reference answers (loss on answer tokens only)."""
+    rng = random.Random(f"pretrain-{seed}")
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    model.train()
+    t0 = time.time()
+    for step in range(steps):
+        texts, n_prompt = [], None
+        for _ in range(batch_size):
+            start, ops = make_question(rng)
+            q = question_text(start, ops)
+            if is_heldout(q):
+                continue
+            prompt = q + ":"
+            n_prompt = len(prompt)  # every question has the same length by construction
+            texts.append(prompt + solution(start, ops, rng, P_ERROR) + EOS)
+        ids = torch.tensor([tokenizer.encode(t) for t in texts])  # (B, T), no padding needed
+        labels = ids.clone()
+        labels[:, :n_prompt] = -100
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  pretrain step {step:4d}/{steps}  loss {loss.item():.3f}  {time.time() - t0:.0f}s")
+    model.eval()
+    return model
+
+
+# -----------------------------------------------------------------------------
+# the cache
+
+def cache_path(cache_dir):
+    return os.path.join(os.path.expanduser(cache_dir), f"toy-v{TEMPLATE_VERSION}-p{P_ERROR}")
+
+
+def is_complete(path):
+    """A finished build has its marker file, written last, and loadable weights."""
+    try:
+        with open(os.path.join(path, "BUILD_DONE.json")) as f:
+            json.load(f)
+        from safetensors.torch import load_file
+        load_file(os.path.join(path, "model.safetensors"))
+        return True
+    except Exception:
+        return False
+
+
+def load_or_build(cache_dir="~/.cache/sept-mini", steps=600, rebuild=False, log=print):
+    """Path of the cached toy base model, building it first when missing, partial or corrupt."""
+    path = cache_path(cache_dir)
+    if not rebuild and is_complete(path):
+        return path
+    log(f"building the toy base model in {path} (once; about a minute on 2 CPU cores)")
+    t0 = time.time()
+    tokenizer = build_tokenizer()
+    model = pretrain(build_model(tokenizer), tokenizer, steps, log=log)
+    tmp = path + f".tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, "BUILD_DONE.json"), "w") as f:
+        json.dump({"steps": steps, "p_error": P_ERROR, "seconds": round(time.time() - t0, 1)}, f)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)  # a killed build leaves only a .tmp folder, never a half-written cache
+    log(f"toy base model built in {time.time() - t0:.0f}s")
+    return path
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cache-dir", default="~/.cache/sept-mini", help="where the toy model is cached")
+    parser.add_argument("--steps", type=int, default=600, help="pretraining steps (batch 64)")
+    parser.add_argument("--rebuild", action="store_true", help="build again even if a cached model exists")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(load_or_build(args.cache_dir, args.steps, args.rebuild))

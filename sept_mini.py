@@ -481,8 +481,10 @@ def validate(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    import huggingface_hub
     import transformers
     transformers.utils.logging.set_verbosity_error()  # our generation config is explicit on purpose
+    huggingface_hub.utils.logging.set_verbosity_error()  # a failed hub load is reported in one line, below
     torch.manual_seed(args.seed)
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)

@@ -1,0 +1,157 @@
+"""The SePT loop end to end on a tiny model: updates, LoRA/QLoRA, resume, and bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sept_mini as sm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_args(model_dir, out, *extra):
+    return ["--model", model_dir, "--dataset", "toy", "--eval-dataset", "toy", "--out", str(out),
+            "--rounds", "2", "--prompts-per-round", "4", "--max-new-tokens", "10", "--eval-every", "0",
+            "--lr", "1e-2", *extra]
+
+
+def weights(path):
+    from safetensors.torch import load_file
+    files = [f for f in os.listdir(path) if f.endswith(".safetensors")]
+    return {k: v for f in files for k, v in load_file(os.path.join(path, f)).items()}
+
+
+def test_one_round_changes_the_weights_full(tiny_model_dir, tmp_path):
+    rows = sm.main(tiny_args(tiny_model_dir, tmp_path, "--finetune", "full", "--rounds", "1"))
+    before, after = weights(tiny_model_dir), weights(tmp_path / "final")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    row = rows[-1]
+    for key in ("round", "tau_sample", "loss", "answer_len", "truncated", "gen_tokens_per_s", "train_tokens_per_s"):
+        assert key in row
+    assert row["round"] == 1 and row["tau_sample"] == 0.6 and row["loss"] > 0
+
+
+@pytest.mark.parametrize("finetune", ["lora", "qlora"])
+def test_lora_and_qlora_run_a_round_and_change_their_trainable_weights(tiny_model_dir, tmp_path, finetune):
+    model, _ = sm.load_model(tiny_model_dir, finetune, "cpu", lora_rank=4)
+    initial = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    assert initial and all("lora_" in k for k in initial)
+    if finetune == "qlora":
+        import bitsandbytes as bnb
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    sm.main(tiny_args(tiny_model_dir, tmp_path, "--finetune", finetune, "--rounds", "1", "--lora-rank", "4"))
+    from peft import PeftModel
+    reloaded = PeftModel.from_pretrained(sm.load_model(tiny_model_dir, "full", "cpu")[0], str(tmp_path / "final"))
+    trained = {k.replace(".default", ""): v for k, v in reloaded.named_parameters() if "lora_B" in k}
+    assert trained and any(v.abs().sum() > 0 for v in trained.values())  # lora_B starts at zero
+
+
+def test_gradient_checkpointing_with_peft_gives_nonzero_lora_grads(tiny_model_dir):
+    model, tok = sm.load_model(tiny_model_dir, "lora", "cpu", lora_rank=4, grad_checkpointing=True)
+    assert model.is_gradient_checkpointing
+    model.train()
+    batch = sm.training_batch([{"prompt_ids": [3, 4, 5], "answer_ids": [6, 7, 0]}], 0)
+    nll, n = sm.answer_nll(model, *batch, 1.0, "fused")
+    nll.backward()
+    lora_b = [p.grad for k, p in model.named_parameters() if "lora_B" in k]
+    assert lora_b and all(g is not None for g in lora_b) and sum(g.abs().sum() for g in lora_b) > 0
+
+
+def test_resume_after_a_kill_reproduces_the_next_rounds_exactly(tiny_model_dir, tmp_path, monkeypatch):
+    args = ["--finetune", "full", "--rounds", "4", "--save-every", "1", "--eval-every", "2", "--eval-size", "4"]
+    full = sm.main(tiny_args(tiny_model_dir, tmp_path / "a", *args))
+
+    real_update, calls = sm.sept_update, {"n": 0}
+
+    def killed_in_round_3(*a, **k):  # the process dies mid-round 3, after round 2's checkpoint
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_update(*a, **k)
+    monkeypatch.setattr(sm, "sept_update", killed_in_round_3)
+    with pytest.raises(KeyboardInterrupt):
+        sm.main(tiny_args(tiny_model_dir, tmp_path / "b", *args))
+    monkeypatch.setattr(sm, "sept_update", real_update)
+    resumed = sm.main(["--out", str(tmp_path / "b"), "--resume"])
+    timing = ("gen_tokens_per_s", "train_tokens_per_s")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
+    assert strip(resumed) == strip(full)
+    on_disk = [json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [r["round"] for r in on_disk] == [0, 1, 2, 3, 4]  # no duplicate rows from the killed round
+    assert strip(on_disk) == strip(full)
+
+
+def test_offline_ablation_samples_once_from_the_initial_model(tiny_model_dir, tmp_path, monkeypatch):
+    seen = []
+    real = sm.rollout
+    monkeypatch.setattr(sm, "rollout", lambda *a, **k: seen.append(k.get("desc")) or real(*a, **k))
+    sm.main(tiny_args(tiny_model_dir, tmp_path, "--finetune", "full", "--offline", "--rounds", "3"))
+    assert seen == ["round 1 sampling", "round 2 sampling", "round 3 sampling"]  # all before any update
+
+
+def run_cli(*argv):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no hub here; offline mode fails at once instead of retrying
+    return subprocess.run([sys.executable, os.path.join(ROOT, "sept_mini.py"), *argv], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--tau-sample", "0"], "--tau-sample must be > 0"),
+    (["--tau-train", "-1"], "--tau-train must be > 0"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--prompts-per-round", "0"], "--prompts-per-round must be at least 1"),
+    (["--rollouts", "0"], "--rollouts must be at least 1"),
+    (["--model", "./no/such/folder"], "model folder not found"),
+    (["--model", "no-such-org/no-such-model", "--dataset", "toy", "--eval-every", "0"], "could not load model"),
+    (["--dataset", "missing.parquet"], "dataset file not found"),
+    (["--device", "cuda"], "is not available here"),
+])
+def test_bad_input_gives_one_line_error_and_exit_code_2(argv, needle):
+    r = run_cli(*argv)
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if not l.startswith("warning:")]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_dataset_without_question_column_and_empty_dataset(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "hello", "answer": "1"}\n')
+    r = run_cli("--model", tiny_model_dir, "--dataset", str(bad), "--eval-every", "0", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "no question column" in r.stderr and "Traceback" not in r.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = run_cli("--model", tiny_model_dir, "--dataset", str(empty), "--eval-every", "0", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_qlora_without_4bit_support_is_a_clear_error(monkeypatch, capsys):
+    import bitsandbytes.functional as bnbf
+
+    def broken(*a, **k):
+        raise RuntimeError("no 4-bit kernels for this device")
+    monkeypatch.setattr(bnbf, "quantize_4bit", broken)
+    with pytest.raises(SystemExit) as e:
+        sm.check_4bit("cpu")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--finetune lora" in err
+
+
+def test_warns_when_temperatures_are_coupled_or_inverted(capsys):
+    sm.parse_args(["--tau-sample", "1.0"])
+    assert "coupled" in capsys.readouterr().err
+    sm.parse_args(["--tau-sample", "1.3"])
+    assert "inverted" in capsys.readouterr().err
+    sm.parse_args([])
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_verl_parquet_questions_load():
+    from conftest import BENCHMARKS
+    qs = sm.load_questions(os.path.join(BENCHMARKS, "math500.parquet"))
+    assert len(qs) == 500 and qs[0]["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert qs[0]["question"].startswith("Convert the point $(0,3)$")

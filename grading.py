@@ -16,6 +16,11 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from decimal import Decimal
+
+import sympy  # imported here, not under the time limit: a first import takes longer than a grade may
+from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr,
+                                        standard_transformations)
 
 BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 FALLBACKS = re.compile(r"(?:final answer is|the answer is|final answer\s*:)\s*:?\s*(.+)", re.IGNORECASE)
@@ -70,16 +75,16 @@ def _unwrap(s, command):
 
 
 def clean(s):
-    s = s.strip()
+    s = s.replace("\\$", "").replace("$", "").strip()  # math-mode delimiters and dollar signs
     # units written as text after a value ("5\text{ cm}", "3\mbox{ inches}"): a grader ignores them
-    s = re.sub(r"(?<=[\d}])\s*(?:\\[,;!:]|~|\s)*\\(?:text|mbox|mathrm)\{\s*~?[a-zA-Z]+(?:\s+[a-zA-Z]+)*\s*\}(?:\^\{?\d\}?)?\s*$", "", s)
+    s = re.sub(r"(?<=[\d}])\s*(?:\\[,;!: ]|~|\s)*\\(?:text|mbox|mathrm)\{\s*~?[a-zA-Z]+(?:\s+[a-zA-Z]+)*\s*\}(?:\^\{?\d\}?)?\s*$", "", s)
     for cmd in ("text", "textbf", "textit", "mbox", "mathrm", "mathbf", "boldsymbol", "displaystyle", "operatorname"):
         s = _unwrap(s, cmd)  # font and text wrappers change the look, not the value
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])\.?", "", s)  # delimiter sizing
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
     s = re.sub(r"\\(?:displaystyle|!|quad|qquad)", "", s)
-    s = re.sub(r"(?<!\\)\\[,;:> ]|~", " ", s)  # LaTeX spaces (but not the row break \\\\ of a matrix)
-    s = s.replace("$", "").replace("\\$", "").replace("\\%", "%").replace("°", "")
+    s = re.sub(r"(?<!\\)\\[,;:> ]|~", " ", s)  # LaTeX spaces (but not the row break \\ of a matrix)
+    s = s.replace("\\%", "%").replace("°", "")
     s = re.sub(r"\^\s*\{?\\circ\}?|\\circ", "", s)  # degrees: 30^\circ is the number 30
     s = re.sub(r"(?<=\d)\{,\}(?=\d)", "", s)  # 1{,}000: LaTeX's spacing-free comma is a separator
     s = s.replace("\\infty", "oo").replace("∞", "oo").replace("\\emptyset", "\\{\\}").replace("\\varnothing", "\\{\\}")
@@ -144,21 +149,16 @@ def _matrix(s):
 # values
 
 def _number(s):
-    """A plain number (with %, scientific notation), as a float; None for anything else."""
+    """A plain number (scientific notation too) as an exact Decimal, so 3986730 != 3986729 and
+    1.60 == 1.6; None for anything else."""
     s = s.replace(" ", "")
     if re.fullmatch(NUMBER.pattern, s, re.I):
-        return float(s)  # "4.5e33" is a number, not 4.5 times Euler's number minus...
+        return Decimal(s)  # "4.5e33" is a number, not 4.5 times Euler's number plus 33
     m = SCI.fullmatch(s)
     if m:
-        return float(m.group(1)) * 10.0 ** min(int(m.group(2)), 400)
+        return Decimal(m.group(1)).scaleb(int(m.group(2)))
     m = re.fullmatch(r"10\^\{?([+-]?\d+)\}?", s)
-    return 10.0 ** min(int(m.group(1)), 400) if m else None
-
-
-def _close(a, b):
-    if math.isinf(a) or math.isinf(b):
-        return a == b
-    return abs(a - b) <= 1e-6 * max(abs(a), abs(b)) or abs(a - b) < 1e-12
+    return Decimal(1).scaleb(int(m.group(1))) if m else None
 
 
 FUNCS = {"sqrt", "log", "ln", "exp", "sin", "cos", "tan", "cot", "sec", "csc", "pi", "oo", "E", "I",
@@ -167,9 +167,6 @@ FUNCS = {"sqrt", "log", "ln", "exp", "sin", "cos", "tan", "cot", "sec", "csc", "
 
 def _to_sympy(s):
     """LaTeX-ish text -> a sympy expression, or None. Only whitelisted names reach parse_expr."""
-    import sympy
-    from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr,
-                                            standard_transformations)
     for cmd, arity in (("frac", 2), ("sqrt", 1), ("binom", 2)):
         while (m := re.search(r"\\" + cmd + r"(?:\[([^\]]*)\])?\s*", s)):
             args, j = [], m.end()
@@ -198,8 +195,8 @@ def _to_sympy(s):
     s = re.sub(r"\be\b", "E", s)  # a lone e in an expression is Euler's number (e^2, 3e); 1e5 never gets here
     if re.search(r"[^\w\s+\-*/().,]|_", s) or any(w not in FUNCS and len(w) > 1 for w in re.findall(r"[a-zA-Z]+", s)):
         return None  # unknown words (units, prose) are not mathematics we can compare
-    if re.search(r"\*\*\s*\(?\s*\d{4,}|\*\*\s*\(*[\w.]+\s*\*\*", s):
-        return None  # 9^{99999}, 9^{9^9}: too big to decide in time, and never a benchmark answer
+    if re.search(r"\*\*\s*\(?\s*\d{4,}|\*\*\s*\(*[\w.]+\s*\*\*|\de[+-]?\d{4,}", s, re.I):
+        return None  # 9^{99999}, 9^{9^9}, 1e99999: C-level big-number work no alarm can stop
     try:
         tr = standard_transformations + (implicit_multiplication_application, convert_xor)
         return parse_expr(s.replace("binom", "binomial").replace("ln", "log"), transformations=tr, evaluate=True,
@@ -233,8 +230,8 @@ def _equal(pred, gold):
     p, g = _number(pred.rstrip("%")), _number(gold.rstrip("%"))
     if p is not None and g is not None:  # 10% = 10 = 0.1 when one side has the % sign
         if pred.endswith("%") != gold.endswith("%"):
-            return _close(p, g) or _close(p / 100 if pred.endswith("%") else p, g / 100 if gold.endswith("%") else g)
-        return _close(p, g)
+            return p == g or (p / 100 if pred.endswith("%") else p) == (g / 100 if gold.endswith("%") else g)
+        return p == g
     pm, gm = _matrix(pred), _matrix(gold)
     if pm is not None or gm is not None:
         return (pm is not None and gm is not None and len(pm) == len(gm)

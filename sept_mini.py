@@ -31,7 +31,7 @@ REASONING_PROMPT = "Please reason step by step, and put your final answer within
 HUB_QUESTIONS = "agentica-org/DeepScaleR-Preview-Dataset"  # the paper's question pool (problem, answer)
 HUB_EVAL = "HuggingFaceH4/MATH-500"
 QUESTION_COLUMNS = ("problem", "question", "prompt", "query", "input")
-ANSWER_COLUMNS = ("answer", "final_answer", "ground_truth", "solution", "reward_model")
+ANSWER_COLUMNS = ("answer", "final_answer", "ground_truth", "reward_model", "solution")  # first found wins
 
 
 def die(message):
@@ -92,6 +92,9 @@ def load_questions(spec, split="train", limit=None, seed=0):
             a = a.get("ground_truth")
         if isinstance(a, list):  # OlympiadBench: several final answers
             a = ", ".join(map(str, a))
+        if acol == "solution" and a is not None:  # a worked solution: its boxed answer is the gold
+            import grading
+            a = grading.extract_answer(a) or a
         out.append({"id": str(row.get("id", i)), "question": str(q), "answer": None if a is None else str(a)})
     if not out:
         die(f"dataset '{spec}' is empty")
@@ -139,6 +142,8 @@ def check_4bit(device):
 
 
 def load_model(path, finetune, device, lora_rank=16, lora_dropout=0.05, grad_checkpointing=False):
+    """(model, tokenizer). finetune: 'full' (fp32 weights, all trained), 'lora', 'qlora' (4-bit NF4
+    base + LoRA), or 'none' (as stored, for evaluation)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

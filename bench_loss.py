@@ -1,0 +1,110 @@
+"""bench_loss.py: time and peak memory of the tau-scaled loss, naive vs fused, at Qwen2.5-0.5B's output layer.
+
+    python bench_loss.py                     # H = 896, V = 151,936, 4,096 answer tokens, fp32, CPU (+ CUDA if present)
+    python bench_loss.py --tokens 1024       # smaller, quicker
+
+Each variant runs forward + backward in its own process, so one variant's freed memory cannot hide
+the other's peak. CPU peak = the process's peak RSS during the call minus its RSS just before it;
+CUDA peak = torch.cuda.max_memory_allocated minus the memory held before the call. Two settings:
+'trained W' (full fine-tuning: the output weight gets a gradient) and 'frozen W' (LoRA/QLoRA). The
+LAST line is one JSON object; mem_ratio and time_ratio are fused / naive on CPU with trained W.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def naive(hidden, weight, targets, tau):
+    logits = hidden @ weight.T  # (N, V): the full logits, then a full log-softmax copy
+    return -F.log_softmax(logits / tau, dim=-1).gather(1, targets[:, None]).mean()
+
+
+def fused(hidden, weight, targets, tau):
+    from sept_mini import fused_nll_sum
+    return fused_nll_sum(hidden, weight, None, targets, tau) / hidden.shape[0]
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def measure(variant, device, tokens, hidden_size, vocab, train_weight, repeats):
+    """Runs in a child process: returns {'ms': median fwd+bwd time, 'peak_mb': extra memory of the call}."""
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    fn = {"naive": naive, "fused": fused}[variant]
+    weight = (0.02 * torch.randn(vocab, hidden_size, device=device)).requires_grad_(train_weight)
+    hidden = torch.randn(tokens, hidden_size, device=device, requires_grad=True)
+    targets = torch.randint(0, vocab, (tokens,), device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    times = []
+    for i in range(repeats + 1):
+        hidden.grad = weight.grad = None
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        else:
+            before = rss_mb()
+        t0 = time.perf_counter()
+        fn(hidden, weight, targets, 1.0).backward()
+        sync()
+        times.append(time.perf_counter() - t0)
+        if i == 0:  # the first call sets the peak (maxrss never goes down)
+            peak = ((torch.cuda.max_memory_allocated() - before) / 2 ** 20 if device == "cuda"
+                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+    times = sorted(times[1:])
+    return {"ms": 1000 * times[len(times) // 2], "peak_mb": peak}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tokens", type=int, default=4096, help="answer tokens in the batch")
+    p.add_argument("--hidden", type=int, default=896, help="hidden size H (Qwen2.5-0.5B: 896)")
+    p.add_argument("--vocab", type=int, default=151936, help="vocabulary size V (Qwen2.5: 151,936)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up call (median reported)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        variant, device, train = args.child.split(":")
+        print(json.dumps(measure(variant, device, args.tokens, args.hidden, args.vocab, train == "1", args.repeats)))
+        return
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = {}
+    print(f"tau-scaled NLL, forward+backward, N={args.tokens} tokens, H={args.hidden}, V={args.vocab}, fp32")
+    print(f"{'device':<7}{'output W':<10}{'loss':<7}{'time ms':>10}{'peak MiB':>11}")
+    for device in devices:
+        for train in ("1", "0"):
+            for variant in ("naive", "fused"):
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{variant}:{device}:{train}",
+                       "--tokens", str(args.tokens), "--hidden", str(args.hidden), "--vocab", str(args.vocab),
+                       "--repeats", str(args.repeats)]
+                out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+                if out.returncode != 0:
+                    sys.exit(f"bench_loss.py: {variant} on {device} failed: {out.stderr.strip().splitlines()[-1]}")
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                results[(device, train, variant)] = r
+                print(f"{device:<7}{'trained' if train == '1' else 'frozen':<10}{variant:<7}{r['ms']:>10.0f}{r['peak_mb']:>11.0f}")
+    summary = {}
+    for device in devices:
+        for train, tag in (("1", ""), ("0", "_frozen_w")):
+            n, f = results[(device, train, "naive")], results[(device, train, "fused")]
+            prefix = "" if device == "cpu" else "cuda_"
+            summary[f"{prefix}mem_ratio{tag}"] = round(f["peak_mb"] / n["peak_mb"], 4)
+            summary[f"{prefix}time_ratio{tag}"] = round(f["ms"] / n["ms"], 4)
+    summary.update(tokens=args.tokens, hidden=args.hidden, vocab=args.vocab,
+                   naive_peak_mb=round(results[("cpu", "1", "naive")]["peak_mb"]),
+                   fused_peak_mb=round(results[("cpu", "1", "fused")]["peak_mb"]))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

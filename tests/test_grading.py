@@ -162,6 +162,7 @@ def variants(gold):
     return same, other
 
 
+@pytest.mark.skipif(not os.path.isdir(BENCHMARKS), reason="needs ../shared/data/benchmarks beside the checkout")
 def test_benchmark_golds_in_other_forms():
     golds = benchmark_golds()
     assert len(golds) > 1500

@@ -1,0 +1,70 @@
+"""eval_math.py: the unbiased pass@k estimator, the report, --regrade, and bad input."""
+import itertools
+import json
+import os
+from fractions import Fraction
+
+import pytest
+
+import eval_math
+
+
+def exact_pass_at_k(n, c, k):
+    """Probability that k of the n samples, drawn without replacement, include a correct one: by enumeration."""
+    samples = [1] * c + [0] * (n - c)
+    draws = list(itertools.combinations(range(n), k))
+    return Fraction(sum(any(samples[i] for i in d) for d in draws), len(draws))
+
+
+def test_pass_at_k_equals_the_exact_probability_for_all_small_n():
+    for n in range(1, 13):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert abs(eval_math.pass_at_k(n, c, k) - float(exact_pass_at_k(n, c, k))) < 1e-12, (n, c, k)
+
+
+def test_pass_at_k_is_stable_for_large_n():
+    assert eval_math.pass_at_k(1000, 0, 500) == 0.0
+    assert eval_math.pass_at_k(1000, 1, 1) == pytest.approx(0.001)
+    assert 0.0 < eval_math.pass_at_k(10000, 3, 32) < 1.0
+    with pytest.raises(ValueError):
+        eval_math.pass_at_k(4, 1, 8)
+
+
+def test_eval_on_toy_prints_table_and_writes_samples_then_regrades(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    results = eval_math.main(["--model", tiny_model_dir, "--benchmark", "toy", "--limit", "6", "--temps", "0,1.0",
+                              "--n", "4", "--max-new-tokens", "8", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "| benchmark | pass@1 | pass@2 | pass@4 | AVG |" in text and "tau = 0 (greedy)" in text
+    assert set(results) == {0.0, 1.0}
+    samples = [json.loads(l) for l in open(out / "samples.jsonl")]
+    assert len(samples) == 6 * 4 * 2  # greedy is generated once and counted for all n
+    assert {"benchmark", "id", "tau", "text", "answer", "gold", "correct"} <= set(samples[0])
+    # a grader change is applied by --regrade without generating again: mark every sample right
+    for s in samples:
+        s["text"] = "\\boxed{" + s["gold"] + "}"
+    with open(out / "samples.jsonl", "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in samples)
+    regraded = eval_math.main(["--regrade", str(out / "samples.jsonl"), "--out", str(out)])
+    assert regraded[1.0]["toy"]["pass@1"] == 100.0 and regraded[0.0]["toy"]["pass@4"] == 100.0
+
+
+def test_avg_uses_the_papers_ks():
+    samples = [{"tau": 1.0, "benchmark": "b", "id": str(q), "correct": i < q} for q in range(4) for i in range(32)]
+    row = eval_math.score(samples, [1, 2, 4, 8, 16, 32])[1.0]["b"]
+    assert row["AVG"] == pytest.approx((row["pass@1"] + row["pass@8"] + row["pass@32"]) / 3)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--benchmark", "nosuch"], "unknown benchmark"),
+    (["--benchmark", "missing.parquet"], "dataset file not found"),
+    (["--n", "4", "--k", "8"], "needs n >= 8"),
+    (["--temps", "-0.5"], "must be >= 0"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        eval_math.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err

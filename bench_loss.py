@@ -4,7 +4,7 @@
     python bench_loss.py --tokens 1024       # smaller, quicker
 
 Each variant runs forward + backward in its own process, so one variant's freed memory cannot hide
-the other's peak. CPU peak = the process's peak RSS during the call minus its RSS just before it;
+the other's peak. CPU peak = the process's peak RSS (VmHWM, reset just before the call) minus its RSS before it;
 CUDA peak = torch.cuda.max_memory_allocated minus the memory held before the call. Two settings:
 'trained W' (full fine-tuning: the output weight gets a gradient) and 'frozen W' (LoRA/QLoRA). The
 LAST line is one JSON object; mem_ratio and time_ratio are fused / naive on CPU with trained W.
@@ -12,7 +12,6 @@ LAST line is one JSON object; mem_ratio and time_ratio are fused / naive on CPU 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -31,9 +30,16 @@ def fused(hidden, weight, targets, tau):
     return fused_nll_sum(hidden, weight, None, targets, tau) / hidden.shape[0]
 
 
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+def proc_status_mb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+def reset_peak_rss():
+    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS, so an earlier
+    transient (building the inputs) cannot be mistaken for the call's own peak."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def measure(variant, device, tokens, hidden_size, vocab, train_weight, repeats):
@@ -41,7 +47,7 @@ def measure(variant, device, tokens, hidden_size, vocab, train_weight, repeats):
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     fn = {"naive": naive, "fused": fused}[variant]
-    weight = (0.02 * torch.randn(vocab, hidden_size, device=device)).requires_grad_(train_weight)
+    weight = torch.randn(vocab, hidden_size, device=device).mul_(0.02).requires_grad_(train_weight)
     hidden = torch.randn(tokens, hidden_size, device=device, requires_grad=True)
     targets = torch.randint(0, vocab, (tokens,), device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -53,14 +59,15 @@ def measure(variant, device, tokens, hidden_size, vocab, train_weight, repeats):
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
         else:
-            before = rss_mb()
+            reset_peak_rss()
+            before = proc_status_mb("VmRSS")
         t0 = time.perf_counter()
         fn(hidden, weight, targets, 1.0).backward()
         sync()
         times.append(time.perf_counter() - t0)
-        if i == 0:  # the first call sets the peak (maxrss never goes down)
+        if i == 0:  # the first call's peak (later calls reuse freed memory the same way)
             peak = ((torch.cuda.max_memory_allocated() - before) / 2 ** 20 if device == "cuda"
-                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+                    else proc_status_mb("VmHWM") - before)
     times = sorted(times[1:])
     return {"ms": 1000 * times[len(times) // 2], "peak_mb": peak}
 

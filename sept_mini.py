@@ -13,7 +13,8 @@ preferences (SEPT.md, Theorem 1); with tau_sample = tau_train the expected gradi
     python sept_mini.py --out runs/x --resume            # continue a killed run
 
 Reading order: temperature schedule, prompts, sampling (rollout), the loss (fused and naive), the
-loop (main). Outputs land in --out: config.json, metrics.jsonl, ckpt.pt, final/ (model or adapter).
+loop (main). Outputs land in --out: config.json, metrics.jsonl, samples.jsonl (two raw samples per
+round, special tokens included), ckpt.pt, final/ (model or adapter).
 """
 import argparse
 import json
@@ -270,6 +271,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                     grad_w.addmm_(grad.T, h.float())  # accumulate in fp32, in place: no (V, H) temporary
                 if need_b:
                     grad_b += grad.sum(0)
+            logits = probs = grad = None  # free this chunk's (C, V) buffer before the next is allocated
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total
@@ -288,7 +290,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
 def fused_nll_sum(hidden, weight, bias, targets, tau, chunk_size=None):
     """Summed tau-scaled NLL of targets given final hidden states, without [N x V] logits."""
-    chunk_size = chunk_size or max(1, 2 ** 25 // weight.shape[0])  # <= 32M logits (128 MB fp32) at a time
+    chunk_size = chunk_size or max(1, 2 ** 24 // weight.shape[0])  # <= 16M logits (64 MB fp32) at a time
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0 + weight.sum() * 0.0  # keeps the graph (and DDP/optimizers) happy
     return FusedLinearCrossEntropy.apply(hidden, weight, bias, targets, tau, chunk_size)
@@ -573,6 +575,10 @@ def main(argv=None):
             losses.append(loss)
             n_tokens += n
         t2 = time.time()
+        with open(os.path.join(args.out, "samples.jsonl"), "a") as f:  # a few raw samples: is the template right?
+            for r in rollouts[:2]:
+                f.write(json.dumps({"round": round_, "prompt": tokenizer.decode(r["prompt_ids"]),
+                                    "answer": tokenizer.decode(r["answer_ids"]), "truncated": r["truncated"]}) + "\n")
         answer_tokens = sum(len(r["answer_ids"]) for r in rollouts)
         row = {"round": round_, "tau_sample": round(tau, 4), "loss": sum(losses) / len(losses),
                "lr": scheduler.get_last_lr()[0], "answer_len": answer_tokens / len(rollouts),

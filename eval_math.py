@@ -3,7 +3,7 @@
     python eval_math.py --model toy --benchmark toy --temps 0,0.6,1.0 --n 8
     python eval_math.py --model runs/sept --benchmark toy --temps 1.0 --n 8          # a sept_mini.py run
     python eval_math.py --model Qwen2.5-Math-1.5B --benchmark all --temps 0.4,0.6,0.8,1.0 --n 32 --sweep
-    python eval_math.py --model ./folder --benchmark math500 --data-dir ../shared/data/benchmarks --limit 20
+    python eval_math.py --model ./folder --benchmark math500 --data-dir path/to/benchmarks --limit 20
     python eval_math.py --regrade runs/eval/samples.jsonl                            # re-score, no generation
 
 Benchmarks: math500 amc23 aime24 aime25 minerva olympiadbench (hub ids, or local files with --data-dir),

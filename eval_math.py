@@ -139,8 +139,8 @@ def main(argv=None):
         samples = [json.loads(line) for line in open(args.regrade)]
         for s in samples:
             s["answer"], s["correct"] = grading.extract_answer(s["text"]), grading.grade(s["text"], s["gold"])
-        n = min(len([t for t in samples if (t["tau"], t["benchmark"], t["id"]) == (s["tau"], s["benchmark"], s["id"])])
-                for s in samples[:1]) if samples else 0
+        key = lambda t: (t["tau"], t["benchmark"], t["id"])
+        n = sum(key(t) == key(samples[0]) for t in samples) if samples else 1  # samples per question
         return finish(args, samples, n)
 
     try:

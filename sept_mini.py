@@ -31,6 +31,7 @@ import torch.nn.functional as F
 REASONING_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 HUB_QUESTIONS = "agentica-org/DeepScaleR-Preview-Dataset"  # the paper's question pool (problem, answer)
 HUB_EVAL = "HuggingFaceH4/MATH-500"
+TOY_LR = 1e-4  # the toy model's learning rate (full fine-tuning)
 QUESTION_COLUMNS = ("problem", "question", "prompt", "query", "input")
 ANSWER_COLUMNS = ("answer", "final_answer", "ground_truth", "reward_model", "solution")  # first found wins
 
@@ -58,37 +59,25 @@ def tau_sample_at(round_, rounds, tau_start, tau_train, anneal):
 # questions and prompts
 
 def load_questions(spec, split="train", limit=None, seed=0):
-    """Questions as dicts {id, question, answer} from 'toy', a local .parquet/.jsonl/.json file
-    (plain columns or verl format), or a hub dataset id."""
+    """Questions as dicts {id, question, answer} from 'toy', a local .parquet/.jsonl/.json/.csv file
+    (plain columns or verl format), or a hub dataset id. Every failure is one line naming the fix."""
     if spec == "toy":
         import toy_world
         return toy_world.questions("test" if split == "test" else "train", limit or 20000, seed)
-    import datasets
-    datasets.disable_progress_bars()
-    ext = os.path.splitext(spec)[1].lower()
-    try:
-        if ext in (".parquet", ".jsonl", ".json", ".csv"):
-            if not os.path.isfile(spec):
-                die(f"dataset file not found: {spec} (pass an existing .parquet/.jsonl file, 'toy', or a hub id)")
-            kind = {".jsonl": "json", ".json": "json"}.get(ext, ext[1:])
-            rows = datasets.load_dataset(kind, data_files=spec, split="train")
-        else:
-            if os.path.sep in spec and os.path.exists(spec) or spec.startswith((".", "/", "~")):
-                die(f"dataset '{spec}' is not a .parquet/.jsonl/.json/.csv file")
-            rows = datasets.load_dataset(spec, split=split)
-    except SystemExit:
-        raise
-    except Exception as e:
-        die(f"could not load dataset '{spec}' ({type(e).__name__}; no internet?): pass a local .parquet or .jsonl file")
-    qcol = next((c for c in QUESTION_COLUMNS if c in rows.column_names), None)
-    acol = next((c for c in ANSWER_COLUMNS if c in rows.column_names), None)
+    rows = read_rows(spec, split)
+    if not rows:
+        die(f"dataset '{spec}' is empty (no rows): pass a file with questions")
+    columns = list(rows[0])
+    qcol = next((c for c in QUESTION_COLUMNS if c in columns), None)
+    acol = next((c for c in ANSWER_COLUMNS if c in columns), None)
     if qcol is None:
-        die(f"dataset '{spec}' has no question column (looked for {', '.join(QUESTION_COLUMNS)}; it has {', '.join(rows.column_names)})")
+        die(f"dataset '{spec}' has no question column (looked for {', '.join(QUESTION_COLUMNS)}; it has {', '.join(columns)})")
     out = []
     for i, row in enumerate(rows):
-        q, a = row[qcol], row[acol] if acol else None
+        q, a = row.get(qcol), row.get(acol) if acol else None
         if isinstance(q, list):  # verl: a list of chat messages; the question is the last user turn
-            q = [m["content"] for m in q if m.get("role") == "user"][-1]
+            q = [m["content"] for m in q if isinstance(m, dict) and m.get("role") == "user"][-1:] or [None]
+            q = q[0]
         if isinstance(a, dict):  # verl: reward_model = {ground_truth, style}
             a = a.get("ground_truth")
         if isinstance(a, list):  # OlympiadBench: several final answers
@@ -96,10 +85,75 @@ def load_questions(spec, split="train", limit=None, seed=0):
         if acol == "solution" and a is not None:  # a worked solution: its boxed answer is the gold
             import grading
             a = grading.extract_answer(a) or a
-        out.append({"id": str(row.get("id", i)), "question": str(q), "answer": None if a is None else str(a)})
-    if not out:
-        die(f"dataset '{spec}' is empty")
+        if not isinstance(q, str) or not q.strip():
+            die(f"dataset '{spec}', row {i + 1}: the question ('{qcol}') is missing or empty: fix or drop that row")
+        out.append({"id": str(row.get("id", i)), "question": q, "answer": None if a is None else str(a)})
     return out[:limit] if limit else out
+
+
+def read_rows(spec, split):
+    """The rows of a local file or a hub dataset, as a list of dicts."""
+    ext = os.path.splitext(spec)[1].lower()
+    if ext == ".jsonl":  # read by hand: a bad line gets its line number
+        if not os.path.isfile(spec):
+            die(f"dataset file not found: {spec} (pass an existing .parquet/.jsonl file, 'toy', or a hub id)")
+        rows = []
+        with open(spec, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        die(f"dataset file {spec}, line {n}: not valid JSON (one JSON object per line expected)")
+                    if not isinstance(rows[-1], dict):
+                        die(f"dataset file {spec}, line {n}: a JSON object with a question field expected")
+        return rows
+    if ext in (".parquet", ".json", ".csv"):
+        if not os.path.isfile(spec):
+            die(f"dataset file not found: {spec} (pass an existing .parquet/.jsonl file, 'toy', or a hub id)")
+        if os.path.getsize(spec) == 0:
+            die(f"dataset file {spec} is empty (0 bytes): pass a file with questions")
+        try:
+            if ext == ".parquet":
+                import pyarrow.parquet
+                return pyarrow.parquet.read_table(spec).to_pylist()
+            with open(spec, encoding="utf-8") as f:
+                if ext == ".csv":
+                    import csv
+                    return list(csv.DictReader(f))
+                rows = json.load(f)  # .json: a list of objects
+                assert isinstance(rows, list) and all(isinstance(r, dict) for r in rows), "a list of objects expected"
+                return rows
+        except Exception as e:
+            die(f"could not read {spec} as {ext[1:]} ({type(e).__name__}): check that the file is complete")
+    if os.path.exists(spec) or spec.startswith((".", "/", "~")):
+        die(f"dataset '{spec}' is not a .parquet/.jsonl/.json/.csv file")
+    check_hub_reachable(spec, "dataset", "a local .parquet or .jsonl file")
+    import datasets
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(spec, split=split).to_list()
+    except Exception as e:
+        die(f"could not load dataset '{spec}' from the hub ({type(e).__name__}: unknown id or split '{split}'?): "
+            "pass a local .parquet or .jsonl file")
+
+
+def check_hub_reachable(repo_id, kind, instead):
+    """Fail in a second, not after half a minute of retries, when the hub cannot be reached.
+    A model or dataset already in the local hub cache needs no network."""
+    import socket
+    from urllib.parse import urlparse
+    import huggingface_hub
+    from huggingface_hub import constants
+    repo_type = "dataset" if kind == "dataset" else "model"
+    if huggingface_hub.try_to_load_from_cache(repo_id, "config.json" if kind == "model" else "README.md",
+                                             repo_type=repo_type) is not None or constants.HF_HUB_OFFLINE:
+        return  # cached (transformers/datasets will find it), or offline mode: the libraries answer at once
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        die(f"cannot reach {host} to fetch {kind} '{repo_id}' (no internet?): pass {instead}")
 
 
 def build_prompt(tokenizer, question, style):
@@ -118,17 +172,28 @@ def build_prompt(tokenizer, question, style):
 # -----------------------------------------------------------------------------
 # models
 
-def resolve_model_name(name, cache_dir):
-    """'toy' -> the cached toy model (built on first use); a folder stays; 'Qwen2.5-0.5B' -> 'Qwen/Qwen2.5-0.5B'."""
+def resolve_model_name(name, cache_dir, seed=0):
+    """'toy' -> the cached toy model of this build seed (built on first use); a folder stays;
+    'Qwen2.5-0.5B' -> 'Qwen/Qwen2.5-0.5B'. A hub id is checked (its config fetched) before anything heavy."""
     if name == "toy":
         import toy_world
-        return toy_world.load_or_build(cache_dir)
+        return toy_world.load_or_build(cache_dir, seed)
     if os.path.isdir(os.path.expanduser(name)):
-        return os.path.expanduser(name)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        path = os.path.expanduser(name)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            die(f"model folder {path} has no config.json: pass a folder saved with save_pretrained, 'toy', or a hub id")
+        return path
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.path.exists(name):
         die(f"model folder not found: {name} (pass an existing folder, 'toy', or a hub id such as Qwen/Qwen2.5-0.5B)")
     if "/" not in name and name.lower().startswith("qwen"):
-        return "Qwen/" + name
+        name = "Qwen/" + name
+    check_hub_reachable(name, "model", "a local model folder (or 'toy')")
+    from transformers import AutoConfig
+    try:
+        AutoConfig.from_pretrained(name)
+    except Exception as e:
+        die(f"could not load model '{name}' ({type(e).__name__}: unknown id?): pass a hub id such as "
+            "Qwen/Qwen2.5-0.5B, a local folder, or 'toy'")
     return name
 
 
@@ -142,6 +207,20 @@ def check_4bit(device):
             f"{str(e).splitlines()[0][:80] if str(e) else ''}); use --finetune lora or install bitsandbytes>=0.45")
 
 
+def layers_kept_out_of_4bit(path):
+    """Linear layers that stay in 16/32-bit under QLoRA: the output layer (as transformers does by
+    default) and every layer whose in_features is not a multiple of 64. bitsandbytes quantizes in
+    blocks of 64 inputs, and its CPU kernel (on AVX512-BF16 CPUs) cannot repack other widths.
+    Returns (names, unfit) where unfit lists (name, in_features) of the odd-width layers."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    with torch.device("meta"):  # the shapes only: no memory, no weights read
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    head = skeleton.get_output_embeddings()
+    linears = [(n, m) for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)]
+    unfit = [(n, m.in_features) for n, m in linears if m is not head and m.in_features % 64]
+    return [n for n, m in linears if m is head] + [n for n, _ in unfit], unfit
+
+
 def load_model(path, finetune, device, lora_rank=16, lora_dropout=0.05, grad_checkpointing=False):
     """(model, tokenizer). finetune: 'full' (fp32 weights, all trained), 'lora', 'qlora' (4-bit NF4
     base + LoRA), or 'none' (as stored, for evaluation)."""
@@ -151,15 +230,26 @@ def load_model(path, finetune, device, lora_rank=16, lora_dropout=0.05, grad_che
         kwargs = {"dtype": torch.bfloat16 if device == "cuda" and finetune != "full" else torch.float32}
         if finetune == "qlora":
             from transformers import BitsAndBytesConfig
+            skip, unfit = layers_kept_out_of_4bit(path)
+            if unfit:
+                print(f"note: {len(unfit)} linear layers have in_features not a multiple of 64 (e.g. {unfit[0][0]}, "
+                      f"{unfit[0][1]}): kept out of 4-bit, trained with LoRA on full-precision weights", file=sys.stderr)
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=kwargs["dtype"])
+                bnb_4bit_compute_dtype=kwargs["dtype"], llm_int8_skip_modules=skip if unfit else None)
             kwargs["device_map"] = {"": device}
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:
-        die(f"could not load model '{path}' ({type(e).__name__}; unknown id or no internet?): pass a local folder or 'toy'")
+        die(f"could not load model '{path}' ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}): "
+            "pass a folder saved with save_pretrained, a hub id, or 'toy'")
     if finetune != "qlora":
         model.to(device)
+    for module in model.modules():
+        # bitsandbytes 0.50 on AVX512-BF16 CPUs repacks 4-bit weights for an inference-only kernel on the
+        # first no-grad forward (our sampling); training then runs through that kernel and fails. Keep
+        # the one layout that both sampling and training support.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     gc_kwargs = {"use_reentrant": False}  # the reentrant variant gives zero LoRA grads when inputs are frozen
@@ -209,14 +299,13 @@ def rollout(model, tokenizer, prompts, tau, max_new_tokens, batch_size=64, stop_
     """Sample one answer per prompt at temperature tau (0 = greedy) with HF generate.
     Returns a list of {prompt_ids, answer_ids, truncated}; answer_ids end with the stop token unless
     the answer was cut at max_new_tokens."""
-    from tqdm.auto import tqdm
     stop_ids = stop_ids or stop_token_ids(model, tokenizer)
     config = generation_config(tau, max_new_tokens, stop_ids, tokenizer.pad_token_id)
     was_training = model.training
     model.eval()  # LoRA dropout off: we sample from the model we train, not a noisier one
     tokenizer.padding_side = "left"  # right padding would put pad tokens between prompt and answer
     out = []
-    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=desc is None):
+    for i in progress(range(0, len(prompts), batch_size), desc, inner=True):
         enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(model.device)
         with warnings.catch_warnings():
@@ -231,6 +320,28 @@ def rollout(model, tokenizer, prompts, tau, max_new_tokens, batch_size=64, stop_
                         "truncated": end is None})
     model.train(was_training)
     return out
+
+
+def progress(iterable, desc, total=None, initial=0, inner=False):
+    """One progress display per phase, readable wherever it lands: tqdm bars in a terminal; in Jupyter
+    the outer loops only (an inner bar per generate call would add an output each); in a log file
+    (stderr redirected) plain lines at most every 30 s, with no escape codes and no inner bars."""
+    total = len(iterable) if total is None else total
+    if desc is None or (inner and not sys.stderr.isatty()):
+        return iterable
+    if "ipykernel" in sys.modules or sys.stderr.isatty():
+        from tqdm.auto import tqdm
+        return tqdm(iterable, desc=desc, total=total, initial=initial, leave=not inner)
+    return _plain_progress(iterable, desc, total, initial)
+
+
+def _plain_progress(iterable, desc, total, initial, every_s=30.0):
+    t0 = last = time.time()
+    for n, item in enumerate(iterable, initial + 1):
+        yield item
+        if time.time() - last >= every_s or n == total:
+            print(f"{desc}: {n}/{total} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+            last = time.time()
 
 
 # -----------------------------------------------------------------------------
@@ -337,6 +448,9 @@ def sept_update(model, optimizer, scheduler, rollouts, tau_train, pad_id, loss_i
         (nll / max(1, n_answer)).backward()
         total += nll.item()
         n_tokens += int(attention_mask.sum())
+    if not math.isfinite(total):  # a step on inf/nan gradients would destroy the weights: refuse it
+        optimizer.zero_grad(set_to_none=True)
+        raise FloatingPointError(f"loss {total / max(1, n_answer)}")
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
     optimizer.step()
     scheduler.step()
@@ -362,108 +476,221 @@ def evaluate(model, tokenizer, questions, style, max_new_tokens, samples, batch_
 
 
 # -----------------------------------------------------------------------------
-# checkpoints: written atomically, so a kill at any moment leaves the last good one
+# checkpoints: the newest two, each written atomically, so no kill and no single bad file loses the run
+
+CHECKPOINTS = ("ckpt.pt", "ckpt.prev.pt")  # newest first
+
 
 def trainable_state(model):
     return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def save_checkpoint(path, model, optimizer, scheduler, round_, offline_data):
+def save_checkpoint(out, model, optimizer, scheduler, round_, offline_data, rows):
+    """Everything a resumed run needs to continue exactly: weights being trained, optimizer, schedule,
+    random states, the offline data (if any) and the metrics rows so far."""
     state = {"round": round_, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "offline_data": offline_data,
+             "scheduler": scheduler.state_dict(), "offline_data": offline_data, "rows": rows,
              "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    path, prev = (os.path.join(out, name) for name in CHECKPOINTS)
+    with open(path + ".tmp", "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it replaces anything
+    if os.path.exists(path):
+        os.replace(path, prev)  # a kill between the two replaces leaves ckpt.prev.pt: still resumable
+    os.replace(path + ".tmp", path)
 
 
-def load_checkpoint(path, model, optimizer, scheduler):
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    missing = set(trainable_state(model)) - set(state["model"])
-    if missing:
-        die(f"checkpoint {path} does not match this model ({len(missing)} weights missing): use a new --out")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for k, v in state["model"].items():
-            params[k].copy_(v)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["round"], state["offline_data"]
+def load_checkpoint(out, model, optimizer, scheduler):
+    """The newest usable checkpoint's state (restored into model, optimizer, scheduler and the random
+    generators), falling back to the previous one with a one-line note; None if the run never saved one."""
+    problems = []
+    for name in CHECKPOINTS:
+        path = os.path.join(out, name)
+        if not os.path.exists(path):
+            problems.append(f"{name} missing")
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            params = dict(model.named_parameters())
+            wanted = trainable_state(model)
+            if set(state["model"]) != set(wanted) or any(state["model"][k].shape != v.shape for k, v in wanted.items()):
+                raise ValueError("weights do not match this model")
+            rows = state["rows"]
+            assert isinstance(state["round"], int) and all(r["round"] <= state["round"] for r in rows)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except Exception as e:
+            problems.append(f"{name} unreadable ({type(e).__name__})")
+            continue
+        with torch.no_grad():
+            for k, v in state["model"].items():
+                params[k].copy_(v)
+        random.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if problems:
+            print(f"warning: {problems[0]}: resuming from {name} (round {state['round']}) instead", file=sys.stderr)
+        return state
+    if any("unreadable" in p for p in problems):
+        die(f"--resume: no usable checkpoint in {out} ({'; '.join(problems)}): start the run again with --overwrite")
+    return None
+
+
+def write_atomic(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def read_jsonl_rows(path, upto_round):
+    """Rows of a jsonl file up to a round; unreadable lines (a kill mid-write) are dropped."""
+    rows = []
+    for line in open(path) if os.path.isfile(path) else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("round"), int) and row["round"] <= upto_round:
+            rows.append(row)
+    return rows
 
 
 # -----------------------------------------------------------------------------
-# the command line
+# the command line: every bad input is one line, found before anything heavy runs or anything is written
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="sept_mini.py", allow_abbrev=False,
+        description="SePT: self-training on the model's own low-temperature samples (arXiv 2510.18814). "
+        "Each refresh round samples answers at tau_sample, then trains on them with the logits divided by "
+        "tau_train (tau_sample < tau_train sharpens the model; see docs/theory.md).")
+    a = p.add_argument
+    a("--model", default="toy", help="'toy', a local folder, or a hub id (Qwen2.5-0.5B means Qwen/Qwen2.5-0.5B) (default: toy)")
+    a("--dataset", default=None, help="question pool: 'toy', a .parquet/.jsonl/.json/.csv file (verl format ok) or a hub "
+      f"id (default: toy for the toy model, {HUB_QUESTIONS} otherwise)")
+    a("--eval-dataset", default=None, help=f"held-out questions with answers (default: the toy test set for the toy model, {HUB_EVAL} otherwise)")
+    a("--finetune", choices=["full", "lora", "qlora"], default=None,
+      help="what is trained (default: full for the toy model; otherwise qlora with CUDA, lora without)")
+    a("--rounds", type=int, default=100, help="refresh rounds (the paper's M): each samples fresh answers, then trains (default: 100)")
+    a("--prompts-per-round", type=int, default=64, help="questions sampled per round (default: 64)")
+    a("--rollouts", type=int, default=1, help="answers sampled per question (the paper's G) (default: 1)")
+    a("--updates-per-round", type=int, default=1, help="optimizer updates per round (the paper's mu); the round's answers "
+      "are split among them (default: 1)")
+    a("--tau-sample", type=float, default=0.6, help="sampling temperature tau_s; its start value when annealed (default: 0.6)")
+    a("--tau-train", type=float, default=1.0, help="temperature tau_t inside the training loss (default: 1.0)")
+    a("--anneal", choices=["paper", "none"], default=None,
+      help="paper: tau_sample rises linearly to tau_train over the first 2/3 of rounds, then stays there (coupled); "
+      "none: constant (default: none for the toy model, paper otherwise)")
+    a("--lr", type=float, default=None, help=f"AdamW learning rate (default: {TOY_LR:g} for the toy model, 1e-5 for LoRA/QLoRA, unverified)")
+    a("--warmup-steps", type=int, default=10, help="linear learning-rate warm-up in updates, then constant as in the paper (default: 10)")
+    a("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
+    a("--loss", choices=["fused", "naive"], default="fused",
+      help="fused: chunked, never holds the [tokens x vocab] logits; naive: the plain reference (default: fused)")
+    a("--max-new-tokens", type=int, default=None, help="answer length cap in tokens (default: 48 for the toy model, 1024 otherwise)")
+    a("--gen-batch-size", type=int, default=64, help="prompts per generate call (default: 64)")
+    a("--micro-batch", type=int, default=64, help="answers per forward/backward; gradients accumulate over them (default: 64)")
+    a("--lora-rank", type=int, default=16, help="LoRA rank r, with alpha = 2r (default: 16)")
+    a("--grad-checkpointing", action="store_true", help="recompute activations in backward to save memory (default: off)")
+    a("--prompt-style", choices=["auto", "system", "user"], default="auto",
+      help="system: the reasoning prompt as system message; user: appended to the question; auto: user if the model "
+      "name contains 'instruct', else system (default: auto)")
+    a("--offline", action="store_true", help="ablation: sample every round's data once from the initial model, then train on it (default: off)")
+    a("--eval-every", type=int, default=10, help="held-out evaluation every N rounds, and before and after; 0 turns it off (default: 10)")
+    a("--eval-size", type=int, default=256, help="held-out questions per evaluation (default: 256)")
+    a("--eval-samples", type=int, default=2, help="samples per question for held-out pass@1 at tau=1 (default: 2)")
+    a("--save-every", type=int, default=10, help="write the resumable checkpoint every N rounds (default: 10)")
+    a("--seed", type=int, default=0, help="seed for question order, sampling and initialisation; for the toy model it also "
+      "picks the toy base model (each seed builds its own) (default: 0)")
+    a("--device", default="auto", help="auto, cpu or cuda (default: auto, cuda when available)")
+    a("--out", default="runs/sept", help="run directory (default: runs/sept)")
+    a("--overwrite", action="store_true", help="start a new run in an --out that already holds one, replacing it (default: off)")
+    a("--resume", action="store_true", help="continue the run in --out with its saved settings; add --rounds N to extend a "
+      "finished run to N rounds (default: off)")
+    a("--cache-dir", default=None, help="where the toy model is built and cached (default: $XDG_CACHE_HOME/sept-mini, else ~/.cache/sept-mini)")
+    return p
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="SePT: self-training on low-temperature samples (arXiv 2510.18814).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="toy", help="'toy', a local folder, or a hub id (Qwen2.5-0.5B -> Qwen/Qwen2.5-0.5B)")
-    p.add_argument("--dataset", default=None, help="question pool: 'toy', a .parquet/.jsonl file (verl format ok) "
-                   f"or a hub id; default: toy for the toy model, {HUB_QUESTIONS} otherwise")
-    p.add_argument("--eval-dataset", default=None, help=f"held-out questions; default: the toy test set, {HUB_EVAL} otherwise")
-    p.add_argument("--finetune", choices=["full", "lora", "qlora"], default=None,
-                   help="default: full for the toy model; qlora with CUDA, lora without, for other models")
-    p.add_argument("--rounds", type=int, default=100, help="refresh rounds M: sample, then train")
-    p.add_argument("--prompts-per-round", type=int, default=64, help="questions sampled per round")
-    p.add_argument("--rollouts", type=int, default=1, help="answers sampled per question (G)")
-    p.add_argument("--updates-per-round", type=int, default=1, help="optimizer updates per round (mu); the round's rollouts are split among them")
-    p.add_argument("--tau-sample", type=float, default=0.6, help="sampling temperature (start value when annealed)")
-    p.add_argument("--tau-train", type=float, default=1.0, help="temperature inside the training loss")
-    p.add_argument("--anneal", choices=["paper", "none"], default=None,
-                   help="paper: tau_sample rises linearly to tau_train over the first 2/3 of rounds, then stays "
-                   "there (coupled); none: constant. Default: none for the toy model (see README), paper otherwise")
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate; default 1e-4 for the toy model (full), 1e-5 for LoRA/QLoRA (unverified)")
-    p.add_argument("--warmup-steps", type=int, default=10, help="linear learning-rate warm-up, then constant (as in the paper)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    p.add_argument("--loss", choices=["fused", "naive"], default="fused", help="fused: chunked, never holds [tokens x vocab] logits; naive: the plain reference")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap; default 48 for the toy model, 1024 otherwise")
-    p.add_argument("--gen-batch-size", type=int, default=64, help="prompts per generate call")
-    p.add_argument("--micro-batch", type=int, default=64, help="rollouts per forward/backward (gradient accumulation)")
-    p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank)")
-    p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward to save memory")
-    p.add_argument("--prompt-style", choices=["auto", "system", "user"], default="auto",
-                   help="system: reasoning prompt as system message; user: appended to the question; auto: user if the model name says instruct")
-    p.add_argument("--offline", action="store_true", help="ablation: sample every round's data once from the initial model, then train on it")
-    p.add_argument("--eval-every", type=int, default=10, help="evaluate every N rounds (and before and after); 0 turns evaluation off")
-    p.add_argument("--eval-size", type=int, default=256, help="held-out questions per evaluation")
-    p.add_argument("--eval-samples", type=int, default=2, help="samples per question for held-out pass@1")
-    p.add_argument("--save-every", type=int, default=10, help="write the resumable checkpoint every N rounds")
-    p.add_argument("--seed", type=int, default=0, help="seed for question order, sampling and initialisation")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--out", default="runs/sept", help="run directory")
-    p.add_argument("--cache-dir", default="~/.cache/sept-mini", help="where the toy model is built and cached")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (its saved settings are used)")
+    p = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
-    if args.resume:
-        path = os.path.join(args.out, "config.json")
-        if not os.path.isfile(path):
-            die(f"--resume: no run to resume in {args.out} (no config.json): start it without --resume")
-        with open(path) as f:
-            saved = json.load(f)["args"]
-        args = argparse.Namespace(**{**saved, "resume": True, "out": args.out})
+    given = {a.dest for a in p._actions for o in a.option_strings if any(x == o or x.startswith(o + "=") for x in argv)}
+    if args.overwrite and args.resume:
+        die("--overwrite and --resume contradict each other: pass one")
+    args = resumed_args(p, args, given) if args.resume else args
     validate(args)
+    if not args.resume:
+        check_new_out(args)
     return args
 
 
+def resumed_args(parser, args, given):
+    """--resume: the saved settings of the run in --out; only --rounds may change (extending it)."""
+    path = os.path.join(args.out, "config.json")
+    if not os.path.isfile(path):
+        die(f"--resume: no run to resume in {args.out} (no config.json): start it without --resume")
+    try:
+        with open(path) as f:
+            saved = json.load(f)["args"]
+        assert isinstance(saved, dict) and isinstance(saved.get("rounds"), int)
+    except Exception as e:
+        die(f"--resume: {path} is unreadable ({type(e).__name__}): the run cannot be resumed; start it again with --overwrite")
+    changed = sorted(given - {"out", "resume", "rounds"})
+    if changed:
+        die(f"--resume continues {args.out} with its saved settings; only --rounds can change "
+            f"(drop --{changed[0].replace('_', '-')}, or start a new run in another --out)")
+    defaults = vars(parser.parse_args([]))
+    resumed = argparse.Namespace(**{**defaults, **{k: v for k, v in saved.items() if k in defaults},
+                                    "resume": True, "overwrite": False, "out": args.out})
+    if "rounds" in given and args.rounds != saved["rounds"]:
+        if saved.get("offline"):
+            die("--resume --rounds: an --offline run cannot be extended (its data was all sampled from the initial "
+                "model up front): start a new run with the --rounds you want")
+        resumed.rounds = args.rounds
+    return resumed
+
+
+def check_new_out(args):
+    """A new run needs an --out it can create, and never silently replaces an earlier run."""
+    out = args.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        die(f"--out {out} is an existing file: pass a folder")
+    if os.path.isfile(os.path.join(out, "config.json")) and not args.overwrite:
+        die(f"--out {out} already holds a run: continue it with --resume, replace it with --overwrite, or pick another --out")
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        die(f"--out {out}: {parent} is a file, not a folder: pass another --out")
+    try:  # probe that a folder can be made here (permissions, read-only or virtual file systems), leaving nothing
+        import tempfile
+        os.rmdir(tempfile.mkdtemp(dir=parent))
+    except OSError as e:
+        die(f"--out {out} cannot be created ({e.strerror}): pass a writable folder")
+
+
 def validate(args):
-    for name in ("tau_sample", "tau_train"):
-        if not getattr(args, name) > 0:
-            die(f"--{name.replace('_', '-')} must be > 0 (got {getattr(args, name)}); greedy decoding cannot be trained on")
+    """Finite, positive numbers where the code needs them; the defaults that depend on the model."""
+    for name in ("tau_sample", "tau_train", "lr"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            die(f"--{name.replace('_', '-')} must be a finite number > 0 (got {value})"
+                + ("; greedy decoding cannot be trained on" if name == "tau_sample" and value == 0 else ""))
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        die(f"--weight-decay must be a finite number >= 0 (got {args.weight_decay})")
     for name in ("rounds", "prompts_per_round", "rollouts", "updates_per_round", "gen_batch_size", "micro_batch",
-                 "eval_size", "eval_samples", "save_every", "lora_rank"):
-        if getattr(args, name) < 1:
-            die(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
-    if args.eval_every < 0 or args.warmup_steps < 0:
-        die("--eval-every and --warmup-steps must be >= 0")
+                 "eval_size", "eval_samples", "save_every", "lora_rank", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            die(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+    for name in ("eval_every", "warmup_steps"):
+        if getattr(args, name) < 0:
+            die(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(args, name)})")
     if args.updates_per_round > args.prompts_per_round * args.rollouts:
-        die("--updates-per-round cannot exceed prompts-per-round x rollouts (each update needs rollouts)")
-    if args.lr is not None and not args.lr > 0:
-        die(f"--lr must be > 0 (got {args.lr})")
+        die("--updates-per-round cannot exceed prompts-per-round x rollouts (each update needs answers)")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
@@ -473,14 +700,25 @@ def validate(args):
     args.dataset = args.dataset or ("toy" if toy else HUB_QUESTIONS)
     args.eval_dataset = args.eval_dataset or ("toy" if toy else HUB_EVAL)
     args.anneal = args.anneal or ("none" if toy else "paper")
-    args.lr = args.lr or (1e-4 if args.finetune == "full" else 1e-5)
+    args.lr = args.lr or (TOY_LR if args.finetune == "full" else 1e-5)
     args.max_new_tokens = args.max_new_tokens or (48 if toy else 1024)
     if args.prompt_style == "auto":
         args.prompt_style = "user" if "instruct" in args.model.lower() else "system"
-    if args.tau_sample >= args.tau_train:
+    if args.tau_sample >= args.tau_train and not args.resume:
         kind = "coupled (equal)" if args.tau_sample == args.tau_train else "inverted (tau_sample > tau_train)"
         print(f"warning: temperatures are {kind}: the theory predicts "
               f"{'no expected learning signal' if args.tau_sample == args.tau_train else 'a flatter, worse model'}", file=sys.stderr)
+
+
+def quiet_libraries():
+    """Our generation config is explicit on purpose, and a failed hub load is reported in one line."""
+    import huggingface_hub
+    import transformers
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # 'Loading weights' bars: instant for small models
+    huggingface_hub.utils.logging.set_verbosity_error()
+    if not sys.stderr.isatty():
+        huggingface_hub.utils.disable_progress_bars()
 
 
 # -----------------------------------------------------------------------------
@@ -488,43 +726,49 @@ def validate(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    import huggingface_hub
-    import transformers
-    transformers.utils.logging.set_verbosity_error()  # our generation config is explicit on purpose
-    huggingface_hub.utils.logging.set_verbosity_error()  # a failed hub load is reported in one line, below
+    quiet_libraries()
     torch.manual_seed(args.seed)
-    if args.device == "cpu":
+    if args.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(os.cpu_count() or 1)
+
+    # everything that can fail on bad input comes first, cheapest first; nothing is written before it passed
     if args.finetune == "qlora":
         check_4bit(args.device)
-    model_path = resolve_model_name(args.model, args.cache_dir)
+    model_path = resolve_model_name(args.model, args.cache_dir, args.seed)
     pool = load_questions(args.dataset, "train", seed=args.seed)
     heldout = load_questions(args.eval_dataset, "test", args.eval_size, seed=args.seed) if args.eval_every else []
-    if args.eval_every and any(q["answer"] is None for q in heldout):
+    if any(q["answer"] is None for q in heldout):
         die(f"eval dataset '{args.eval_dataset}' has no answer column: pass one with answers, or --eval-every 0")
     model, tokenizer = load_model(model_path, args.finetune, args.device, args.lora_rank,
                                   grad_checkpointing=args.grad_checkpointing)
     stop_ids = stop_token_ids(model, tokenizer)
-    from tqdm.auto import tqdm
-    os.makedirs(args.out, exist_ok=True)
-    ckpt_path, metrics_path = os.path.join(args.out, "ckpt.pt"), os.path.join(args.out, "metrics.jsonl")
-
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (args.warmup_steps + 1)))
-    start, offline_data = 0, None
-    if args.resume and os.path.isfile(ckpt_path):
-        start, offline_data = load_checkpoint(ckpt_path, model, optimizer, scheduler)
-        print(f"resumed {args.out} after round {start}")
-    else:
-        with open(os.path.join(args.out, "config.json"), "w") as f:
-            json.dump({"args": vars(args), "model_path": model_path}, f, indent=1)
-    # metrics rows after the checkpoint's round are redone, so drop them (a kill may have left some)
-    rows = [json.loads(l) for l in open(metrics_path)] if args.resume and os.path.isfile(metrics_path) else []
-    rows = [r for r in rows if r["round"] <= start]
-    with open(metrics_path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(metrics_path + ".tmp", metrics_path)
+    start, offline_data, rows = 0, None, []
+    state = load_checkpoint(args.out, model, optimizer, scheduler) if args.resume else None
+    if state is not None:
+        start, offline_data, rows = state["round"], state["offline_data"], state["rows"]
+        if args.rounds < start:
+            die(f"--rounds {args.rounds} is below the {start} rounds this run has done: pass a larger --rounds")
+        if args.rounds == start:
+            print(f"{args.out} already finished its {start} rounds: add --rounds N (more than {start}) to extend it")
+            return rows
+        print(f"resumed {args.out} after round {start}" + (f", now running to round {args.rounds}" if start else ""))
+    elif args.resume:
+        print(f"{args.out} has no checkpoint yet (killed before its first): starting it again from round 0", file=sys.stderr)
+
+    # the run directory: config, then metrics and samples as of the checkpoint (rows of a killed round are redone)
+    metrics_path, samples_path = os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "samples.jsonl")
+    if args.overwrite and os.path.isdir(args.out):
+        import shutil
+        for name in ("config.json", "metrics.jsonl", "samples.jsonl", "final", *CHECKPOINTS):
+            path = os.path.join(args.out, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
+    os.makedirs(args.out, exist_ok=True)
+    write_atomic(os.path.join(args.out, "config.json"), json.dumps({"args": vars(args), "model_path": model_path}, indent=1))
+    write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_atomic(samples_path, "".join(json.dumps(r) + "\n" for r in read_jsonl_rows(samples_path, start)))
 
     def log(row):
         rows.append(row)
@@ -532,6 +776,7 @@ def main(argv=None):
             f.write(json.dumps(row) + "\n")
 
     def run_eval(round_):
+        from tqdm import tqdm
         scores = evaluate(model, tokenizer, heldout, args.prompt_style, args.max_new_tokens,
                           args.eval_samples, args.gen_batch_size, seed=args.seed + 7919 * round_)
         tqdm.write(f"round {round_:4d} | held-out pass@1 (tau=1) {100 * scores['pass@1']:5.1f} | greedy {100 * scores['greedy']:5.1f}")
@@ -559,9 +804,10 @@ def main(argv=None):
     if start == 0 and args.eval_every:
         log({"round": 0, **run_eval(0)})
     if args.offline and offline_data is None:  # the ablation: all data from the initial model, once
-        offline_data = {r: sample_round(r) for r in range(1, args.rounds + 1)}
+        offline_data = {r: sample_round(r) for r in progress(range(1, args.rounds + 1), "offline sampling")}
+    last_saved = start
 
-    for round_ in tqdm(range(start + 1, args.rounds + 1), desc="SePT rounds", initial=start, total=args.rounds):
+    for round_ in progress(range(start + 1, args.rounds + 1), "SePT rounds", total=args.rounds, initial=start):
         t0 = time.time()
         tau, rollouts = offline_data[round_] if args.offline else sample_round(round_)
         t1 = time.time()
@@ -570,12 +816,16 @@ def main(argv=None):
         losses, n_tokens = [], 0
         for chunk in range(args.updates_per_round):
             part = rollouts[chunk::args.updates_per_round]
-            loss, n = sept_update(model, optimizer, scheduler, part, args.tau_train, tokenizer.pad_token_id,
-                                  args.loss, args.micro_batch)
+            try:
+                loss, n = sept_update(model, optimizer, scheduler, part, args.tau_train, tokenizer.pad_token_id,
+                                      args.loss, args.micro_batch)
+            except FloatingPointError as e:
+                die(f"round {round_}: the training loss is not finite ({e}); stopped before that update, the checkpoint "
+                    f"of round {last_saved} is kept: start again with a lower --lr")
             losses.append(loss)
             n_tokens += n
         t2 = time.time()
-        with open(os.path.join(args.out, "samples.jsonl"), "a") as f:  # a few raw samples: is the template right?
+        with open(samples_path, "a") as f:  # a few raw samples: is the template right?
             for r in rollouts[:2]:
                 f.write(json.dumps({"round": round_, "prompt": tokenizer.decode(r["prompt_ids"]),
                                     "answer": tokenizer.decode(r["answer_ids"]), "truncated": r["truncated"]}) + "\n")
@@ -591,7 +841,8 @@ def main(argv=None):
             row.update(run_eval(round_))
         log(row)
         if round_ % args.save_every == 0 or round_ == args.rounds:
-            save_checkpoint(ckpt_path, model, optimizer, scheduler, round_, offline_data)
+            save_checkpoint(args.out, model, optimizer, scheduler, round_, offline_data, rows)
+            last_saved = round_
 
     final = os.path.join(args.out, "final")
     model.save_pretrained(final)

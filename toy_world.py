@@ -13,11 +13,14 @@ right, sampling at temperature 1 is often wrong. With P_ERROR = 0.2 a sample at 
 far more often than wrong, so training on such samples sharpens the model. With P_ERROR = 0.3 the
 low-temperature samples are wrong about half the time and SePT reinforces the errors: the regime matters.
 
-    python toy_world.py                      # build (or reuse) the cached base model, print its accuracy
+    python toy_world.py                      # build (or reuse) the cached base model, print its folder
+    python toy_world.py --seed 3             # another base model: each seed builds its own
     python toy_world.py --rebuild            # build it again from scratch
 
-Everything is deterministic given the seed. The build takes about a minute on 2 CPU cores and is
-cached under --cache-dir (default ~/.cache/sept-mini); a partial or corrupt cache is rebuilt.
+Everything is deterministic given the seed on one machine (another CPU kind or thread count takes other
+float paths and builds a slightly different base, which is why results are quoted over several seeds).
+The build takes about a minute on 2 CPU cores and is cached under --cache-dir (default
+$XDG_CACHE_HOME/sept-mini, i.e. ~/.cache/sept-mini); a partial or corrupt cache is rebuilt.
 """
 import argparse
 import hashlib
@@ -35,7 +38,8 @@ P_ERROR = 0.2        # probability that a step's result in the pretraining data 
 LO, HI = 18, 91      # true running sums stay here, so every number (even 4 errors of 2 off) has 2 digits
 BOXED = "\\boxed{"   # one token, so the answer format costs the model nothing to learn
 EOS = "<|endoftext|>"  # also the pad token, as in Qwen base models (the trap sept_mini.py guards)
-TEMPLATE_VERSION = 3   # bump when the data, tokenizer or model recipe changes: invalidates the cache
+TEMPLATE_VERSION = 5   # bump when the data, tokenizer or model recipe changes: invalidates the cache
+PRETRAIN_STEPS = 1000  # enough for every build seed to converge (600 left some seeds undertrained)
 
 
 # -----------------------------------------------------------------------------
@@ -164,8 +168,13 @@ def pretrain(model, tokenizer, steps, batch_size=64, lr=4e-3, seed=0, log=print)
 # -----------------------------------------------------------------------------
 # the cache
 
-def cache_path(cache_dir):
-    return os.path.join(os.path.expanduser(cache_dir), f"toy-v{TEMPLATE_VERSION}-p{P_ERROR}")
+def default_cache_dir():
+    """$XDG_CACHE_HOME/sept-mini, falling back to ~/.cache/sept-mini (the XDG default)."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sept-mini")
+
+
+def cache_path(cache_dir, seed=0):
+    return os.path.join(os.path.expanduser(cache_dir or default_cache_dir()), f"toy-v{TEMPLATE_VERSION}-p{P_ERROR}-seed{seed}")
 
 
 def is_complete(path):
@@ -180,21 +189,22 @@ def is_complete(path):
         return False
 
 
-def load_or_build(cache_dir="~/.cache/sept-mini", steps=600, rebuild=False, log=print):
-    """Path of the cached toy base model, building it first when missing, partial or corrupt."""
-    path = cache_path(cache_dir)
+def load_or_build(cache_dir=None, seed=0, steps=PRETRAIN_STEPS, rebuild=False, log=print):
+    """Path of the cached toy base model for this build seed, building it first when missing, partial
+    or corrupt. cache_dir None means default_cache_dir()."""
+    path = cache_path(cache_dir, seed)
     if not rebuild and is_complete(path):
         return path
     log(f"building the toy base model in {path} (once; about a minute on 2 CPU cores)")
     t0 = time.time()
     tokenizer = build_tokenizer()
-    model = pretrain(build_model(tokenizer), tokenizer, steps, log=log)
+    model = pretrain(build_model(tokenizer, seed=seed), tokenizer, steps, seed=seed, log=log)
     tmp = path + f".tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     with open(os.path.join(tmp, "BUILD_DONE.json"), "w") as f:
-        json.dump({"steps": steps, "p_error": P_ERROR, "seconds": round(time.time() - t0, 1)}, f)
+        json.dump({"steps": steps, "p_error": P_ERROR, "seed": seed, "seconds": round(time.time() - t0, 1)}, f)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)  # a killed build leaves only a .tmp folder, never a half-written cache
     log(f"toy base model built in {time.time() - t0:.0f}s")
@@ -203,9 +213,10 @@ def load_or_build(cache_dir="~/.cache/sept-mini", steps=600, rebuild=False, log=
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cache-dir", default="~/.cache/sept-mini", help="where the toy model is cached")
-    parser.add_argument("--steps", type=int, default=600, help="pretraining steps (batch 64)")
+    parser.add_argument("--cache-dir", default=None, help="where the toy model is cached (default: $XDG_CACHE_HOME/sept-mini, else ~/.cache/sept-mini)")
+    parser.add_argument("--seed", type=int, default=0, help="build seed: initialisation and pretraining data (default: 0)")
+    parser.add_argument("--steps", type=int, default=PRETRAIN_STEPS, help=f"pretraining steps, batch 64 (default: {PRETRAIN_STEPS})")
     parser.add_argument("--rebuild", action="store_true", help="build again even if a cached model exists")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    print(load_or_build(args.cache_dir, args.steps, args.rebuild))
+    print(load_or_build(args.cache_dir, args.seed, args.steps, args.rebuild))

@@ -28,12 +28,23 @@ def toy_tokenizer():
     return toy_world.build_tokenizer()
 
 
+def save_tiny_model(path, tokenizer, hidden):
+    model = tiny_qwen(len(tokenizer), hidden=hidden, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, toy_tokenizer):
-    """A folder holding a random 2-layer Qwen2 with the toy tokenizer (pad == eos, as in Qwen base)."""
-    path = str(tmp_path_factory.mktemp("tiny-model"))
-    model = tiny_qwen(len(toy_tokenizer), eos_token_id=toy_tokenizer.eos_token_id,
-                      pad_token_id=toy_tokenizer.pad_token_id, bos_token_id=None)
-    model.save_pretrained(path)
-    toy_tokenizer.save_pretrained(path)
-    return path
+    """A folder holding a random 2-layer Qwen2 with the toy tokenizer (pad == eos, as in Qwen base).
+    Hidden 64: every linear layer's in_features is a multiple of 64, as bitsandbytes' 4-bit CPU
+    kernels on AVX512-BF16 machines need (real Qwen shapes are too)."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"), toy_tokenizer, hidden=64)
+
+
+@pytest.fixture(scope="session")
+def odd_width_model_dir(tmp_path_factory, toy_tokenizer):
+    """Hidden 32: attention and MLP-input layers have in_features 32, which 4-bit NF4 cannot take everywhere."""
+    return save_tiny_model(tmp_path_factory.mktemp("odd-model"), toy_tokenizer, hidden=32)

@@ -25,6 +25,11 @@ def weights(path):
     return {k: v for f in files for k, v in load_file(os.path.join(path, f)).items()}
 
 
+def is_timing_or_memory(key):
+    """Speeds and peak memory differ between any two runs; everything else in a row must be equal."""
+    return key.endswith("_per_s") or key.startswith("peak_")
+
+
 def test_one_round_changes_the_weights_full(tiny_model_dir, tmp_path):
     rows = sm.main(tiny_args(tiny_model_dir, tmp_path, "--finetune", "full", "--rounds", "1"))
     before, after = weights(tiny_model_dir), weights(tmp_path / "final")
@@ -48,6 +53,19 @@ def test_lora_and_qlora_run_a_round_and_change_their_trainable_weights(tiny_mode
     reloaded = PeftModel.from_pretrained(sm.load_model(tiny_model_dir, "full", "cpu")[0], str(tmp_path / "final"))
     trained = {k.replace(".default", ""): v for k, v in reloaded.named_parameters() if "lora_B" in k}
     assert trained and any(v.abs().sum() > 0 for v in trained.values())  # lora_B starts at zero
+
+
+def test_qlora_keeps_layers_of_odd_width_out_of_4bit_and_trains(odd_width_model_dir, tmp_path, capsys):
+    """bitsandbytes' NF4 blocks are 64 inputs wide; on AVX512-BF16 CPUs its kernel crashes on in_features 32.
+    Such layers stay in full precision (said once), the rest is 4-bit, and a round runs."""
+    import bitsandbytes as bnb
+    model, _ = sm.load_model(odd_width_model_dir, "qlora", "cpu", lora_rank=4)
+    assert "kept out of 4-bit" in capsys.readouterr().err
+    base = {n: m for n, m in model.named_modules() if n.endswith(("q_proj.base_layer", "down_proj.base_layer"))}
+    assert base and all(isinstance(m, bnb.nn.Linear4bit) == n.endswith("down_proj.base_layer") for n, m in base.items())
+    assert not isinstance(model.get_output_embeddings(), bnb.nn.Linear4bit)
+    rows = sm.main(tiny_args(odd_width_model_dir, tmp_path, "--finetune", "qlora", "--rounds", "1", "--lora-rank", "4"))
+    assert rows[-1]["round"] == 1 and rows[-1]["loss"] > 0
 
 
 def test_gradient_checkpointing_with_peft_gives_nonzero_lora_grads(tiny_model_dir):
@@ -77,8 +95,7 @@ def test_resume_after_a_kill_reproduces_the_next_rounds_exactly(tiny_model_dir, 
         sm.main(tiny_args(tiny_model_dir, tmp_path / "b", *args))
     monkeypatch.setattr(sm, "sept_update", real_update)
     resumed = sm.main(["--out", str(tmp_path / "b"), "--resume"])
-    timing = ("gen_tokens_per_s", "train_tokens_per_s")
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if not is_timing_or_memory(k)} for r in rows]
     assert strip(resumed) == strip(full)
     on_disk = [json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")]
     assert [r["round"] for r in on_disk] == [0, 1, 2, 3, 4]  # no duplicate rows from the killed round
@@ -91,42 +108,6 @@ def test_offline_ablation_samples_once_from_the_initial_model(tiny_model_dir, tm
     monkeypatch.setattr(sm, "rollout", lambda *a, **k: seen.append(k.get("desc")) or real(*a, **k))
     sm.main(tiny_args(tiny_model_dir, tmp_path, "--finetune", "full", "--offline", "--rounds", "3"))
     assert seen == ["round 1 sampling", "round 2 sampling", "round 3 sampling"]  # all before any update
-
-
-def run_cli(*argv):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no hub here; offline mode fails at once instead of retrying
-    return subprocess.run([sys.executable, os.path.join(ROOT, "sept_mini.py"), *argv], capture_output=True, text=True,
-                          timeout=120, env=env)
-
-
-@pytest.mark.parametrize("argv, needle", [
-    (["--tau-sample", "0"], "--tau-sample must be > 0"),
-    (["--tau-train", "-1"], "--tau-train must be > 0"),
-    (["--rounds", "0"], "--rounds must be at least 1"),
-    (["--prompts-per-round", "0"], "--prompts-per-round must be at least 1"),
-    (["--rollouts", "0"], "--rollouts must be at least 1"),
-    (["--model", "./no/such/folder"], "model folder not found"),
-    (["--model", "no-such-org/no-such-model", "--dataset", "toy", "--eval-every", "0"], "could not load model"),
-    (["--dataset", "missing.parquet"], "dataset file not found"),
-    (["--device", "cuda"], "is not available here"),
-])
-def test_bad_input_gives_one_line_error_and_exit_code_2(argv, needle):
-    r = run_cli(*argv)
-    assert r.returncode == 2, r.stderr
-    lines = [l for l in r.stderr.strip().splitlines() if not l.startswith("warning:")]
-    assert len(lines) == 1 and needle in lines[0], r.stderr
-    assert "Traceback" not in r.stderr
-
-
-def test_dataset_without_question_column_and_empty_dataset(tmp_path, tiny_model_dir):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "hello", "answer": "1"}\n')
-    r = run_cli("--model", tiny_model_dir, "--dataset", str(bad), "--eval-every", "0", "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "no question column" in r.stderr and "Traceback" not in r.stderr
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    r = run_cli("--model", tiny_model_dir, "--dataset", str(empty), "--eval-every", "0", "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_qlora_without_4bit_support_is_a_clear_error(monkeypatch, capsys):
@@ -142,12 +123,12 @@ def test_qlora_without_4bit_support_is_a_clear_error(monkeypatch, capsys):
     assert len(err.splitlines()) == 1 and "--finetune lora" in err
 
 
-def test_warns_when_temperatures_are_coupled_or_inverted(capsys):
-    sm.parse_args(["--tau-sample", "1.0"])
+def test_warns_when_temperatures_are_coupled_or_inverted(capsys, tmp_path):
+    sm.parse_args(["--tau-sample", "1.0", "--out", str(tmp_path)])
     assert "coupled" in capsys.readouterr().err
-    sm.parse_args(["--tau-sample", "1.3"])
+    sm.parse_args(["--tau-sample", "1.3", "--out", str(tmp_path)])
     assert "inverted" in capsys.readouterr().err
-    sm.parse_args([])
+    sm.parse_args(["--out", str(tmp_path)])
     assert "warning" not in capsys.readouterr().err
 
 

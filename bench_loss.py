@@ -73,7 +73,7 @@ def measure(variant, device, tokens, hidden_size, vocab, train_weight, repeats):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tokens", type=int, default=4096, help="answer tokens in the batch")
     p.add_argument("--hidden", type=int, default=896, help="hidden size H (Qwen2.5-0.5B: 896)")
     p.add_argument("--vocab", type=int, default=151936, help="vocabulary size V (Qwen2.5: 151,936)")

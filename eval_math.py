@@ -112,25 +112,25 @@ def print_tables(results, ks, sweep):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="pass@k evaluation in the SePT paper's protocol",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="toy", help="'toy', a local folder, a hub id, or a sept_mini.py run dir")
+    p = argparse.ArgumentParser(description="pass@k evaluation in the SePT paper's protocol: n samples per question, "
+                                "unbiased pass@k, AVG = mean of pass@1, pass@8, pass@32")
+    p.add_argument("--model", default="toy", help="'toy', a local folder, a hub id, or a sept_mini.py run dir (default: toy)")
     p.add_argument("--benchmark", default="toy", help="comma-separated: toy, math500, amc23, aime24, aime25, minerva, "
-                   "olympiadbench, all (the six), or .parquet/.jsonl paths")
-    p.add_argument("--data-dir", default=None, help="folder with local benchmark files (e.g. math500.parquet); else the hub")
-    p.add_argument("--temps", default="1.0", help="comma-separated sampling temperatures; 0 means greedy")
-    p.add_argument("--n", type=int, default=8, help="samples per question (the paper: 32)")
-    p.add_argument("--k", default=None, help="comma-separated k for pass@k; default 1, 2, 4, ... up to n")
-    p.add_argument("--sweep", action="store_true", help="mark the temperature with the best mean AVG as the baseline")
-    p.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark (quick runs)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap; default 48 for toy, 1024 otherwise")
-    p.add_argument("--batch-size", type=int, default=128, help="prompts per generate call")
-    p.add_argument("--prompt-style", choices=["auto", "system", "user"], default="auto", help="as in sept_mini.py")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--out", default="runs/eval", help="where results.json and samples.jsonl go")
-    p.add_argument("--cache-dir", default="~/.cache/sept-mini", help="toy model cache")
-    p.add_argument("--regrade", default=None, help="a samples.jsonl to re-score with the current grader (no model needed)")
+                   "olympiadbench, all (the six), or .parquet/.jsonl paths (default: toy)")
+    p.add_argument("--data-dir", default=None, help="folder with local benchmark files (e.g. math500.parquet) (default: none, the hub)")
+    p.add_argument("--temps", default="1.0", help="comma-separated sampling temperatures; 0 means greedy (default: 1.0)")
+    p.add_argument("--n", type=int, default=8, help="samples per question n; the paper uses 32 (default: 8)")
+    p.add_argument("--k", default=None, help="comma-separated k for pass@k (default: 1, 2, 4, ... up to n)")
+    p.add_argument("--sweep", action="store_true", help="mark the temperature with the best mean AVG as the baseline, the paper's honest baseline (default: off)")
+    p.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark, for quick runs (default: all; 500 for toy)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap in tokens (default: 48 for the toy model or benchmark, 1024 otherwise)")
+    p.add_argument("--batch-size", type=int, default=128, help="prompts per generate call (default: 128)")
+    p.add_argument("--prompt-style", choices=["auto", "system", "user"], default="auto", help="as in sept_mini.py: system, user, or auto = user if the model name contains 'instruct' (default: auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto, cuda when available)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--out", default="runs/eval", help="where results.json and samples.jsonl go (default: runs/eval)")
+    p.add_argument("--cache-dir", default=None, help="toy model cache (default: $XDG_CACHE_HOME/sept-mini, else ~/.cache/sept-mini)")
+    p.add_argument("--regrade", default=None, help="a samples.jsonl to re-score with the current grader, no model needed (default: none)")
     args = p.parse_args(argv)
 
     if args.regrade:

@@ -3,10 +3,14 @@
     python grading.py "... so the answer is \\boxed{\\dfrac{1}{2}}" "0.5"       # -> True
 
 extract_answer(text) returns the content of the LAST \\boxed{} or \\fbox{} (nested braces are fine),
-else what follows "final answer is" / "the answer is" / "Final Answer:", else None.
+else the answer of the last "final answer is" / "the answer is" / "Final Answer:" sentence (the MATH
+few-shot format "Final Answer: The final answer is $X$. I hope it is correct."), else None.
 grade(response, gold) is True when that answer is mathematically equal to gold, judged the way a
-careful human grader would: forms may differ (1,000 = 1000, \\frac12 = 0.5, x = 3 = 3, {1,2} = {2,1}),
-values may not. It never raises, and every call returns within about a second.
+careful human grader would: forms may differ (1,000 = 1000, \\frac12 = 0.5, x = 3 = 3, {1,2} = {2,1},
+-x > -1 = x < 1, 2x-4y=2 = y=x/2-1/2), values may not (1.63 != 1.6, (3,pi) != (3,pi/2)).
+One normalisation pipeline (clean) and one comparison (_equal): letters for multiple choice, exact
+numbers, relations as relations, sets order-free, tuples and intervals in order, matrices entry by
+entry, then sympy at random points. It never raises, and every call returns within about a second.
 The only dependency is sympy (which torch already needs), used under a time limit.
 """
 import math
@@ -23,7 +27,7 @@ from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_app
                                         standard_transformations)
 
 BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
-FALLBACKS = re.compile(r"(?:final answer is|the answer is|final answer\s*:)\s*:?\s*(.+)", re.IGNORECASE)
+FINAL = re.compile(r"final answer is|the answer is|final answer\s*:", re.IGNORECASE)
 NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?")
 SCI = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))(?:\\times|\\cdot|\*|x)10\^\{?([+-]?\d+)\}?")
 MAX_LEN = 400  # longer "answers" are not final answers; refusing them keeps every call fast
@@ -42,6 +46,7 @@ def _braced(text, i):
 def extract_answer(text):
     if not isinstance(text, str):
         return None
+    text = re.sub(r"<\|[^|<>]*\|>|</s>", " ", text)  # chat-template tokens after the answer are not part of it
     found, end = None, 0
     for m in BOX.finditer(text):
         if m.start() < end:
@@ -50,12 +55,13 @@ def extract_answer(text):
         if content is not None:
             found = extract_answer(content) if BOX.search(content) else content  # \boxed{\boxed{7}}
     if found is None:
-        tails = FALLBACKS.findall(text)
-        if not tails:
+        hits = list(FINAL.finditer(text))  # "Final Answer: The final answer is X": the last phrase wins
+        if not hits:
             return None
-        # the sentence ends at ". " or the line's end; "3.5" keeps its point
-        found = re.split(r"\.(?:\s|$)|\n|,?\s+I hope", tails[-1])[0].strip().strip("$")
-        found = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", found)
+        tail = text[hits[-1].end():].strip().lstrip(":").strip()
+        math = re.match(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", tail, re.S)  # $X$, \(X\), \[X\]
+        # else the sentence ends at ". " or the line's end ("3.5" keeps its point)
+        found = next(g for g in math.groups() if g) if math else re.split(r"\.(?:\s|$)|\n|,?\s+I hope", tail)[0]
     return found.strip() or None
 
 
@@ -74,30 +80,56 @@ def _unwrap(s, command):
         s = s[:m.start()] + inner + s[end:]
 
 
+TEXT_CMDS = "(?:text|textnormal|textrm|mbox|mathrm)"
+RELATIONS = [(r"\\geqslant|\\geq|\\ge(?![a-z])|≥|=>", ">="), (r"\\leqslant|\\leq|\\le(?![a-z])|≤|=<", "<="),
+             (r"\\neq|\\ne(?![a-z])|≠", "!="), (r"\\gt(?![a-z])", ">"), (r"\\lt(?![a-z])", "<")]
+
+
 def clean(s):
     s = s.replace("\\$", "").replace("$", "").strip()  # math-mode delimiters and dollar signs
-    # units written as text after a value ("5\text{ cm}", "3\mbox{ inches}"): a grader ignores them
-    s = re.sub(r"(?<=[\d}])\s*(?:\\[,;!: ]|~|\s)*\\(?:text|mbox|mathrm)\{\s*~?[a-zA-Z]+(?:\s+[a-zA-Z]+)*\s*\}(?:\^\{?\d\}?)?\s*$", "", s)
-    for cmd in ("text", "textbf", "textit", "mbox", "mathrm", "mathbf", "boldsymbol", "displaystyle", "operatorname"):
+    # units written as text after a value ("5\text{ cm}", "3\mbox{ inches}", "2\text{ m/s}"): a grader ignores them
+    s = re.sub(r"(?<=[\d}])\s*(?:\\[,;!: ]|~|\s)*\\" + TEXT_CMDS + r"\{\s*~?[a-zA-Z][a-zA-Z/^0-9 ]*\}(?:\^\{?\d\}?)?\s*$", "", s)
+    s = re.sub(r"(?<=\d),\\!\s*(?=\d{3})", ",", s)  # 20,\!160 and "4,\! 210": a thousands separator
+    for cmd in ("text", "textnormal", "textrm", "textbf", "textit", "mbox", "mathrm", "mathbf", "mathit", "boldsymbol",
+                "displaystyle", "operatorname"):
         s = _unwrap(s, cmd)  # font and text wrappers change the look, not the value
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])\.?", "", s)  # delimiter sizing
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
     s = re.sub(r"\\(?:displaystyle|!|quad|qquad)", "", s)
     s = re.sub(r"(?<!\\)\\[,;:> ]|~", " ", s)  # LaTeX spaces (but not the row break \\ of a matrix)
+    for pattern, ascii_op in RELATIONS:  # every spelling of a relation becomes one: \geq, \ge, \geqslant -> >=
+        s = re.sub(pattern, ascii_op, s)
     s = s.replace("\\%", "%").replace("°", "")
-    s = re.sub(r"\^\s*\{?\\circ\}?|\\circ", "", s)  # degrees: 30^\circ is the number 30
+    s = re.sub(r"\s*\b(?:percent|pct)\b\.?", "%", s)  # "15 percent" is 15%
+    s = re.sub(r"\^\s*\{?\\circ\}?|\\circ|\s*\bdegrees?\b", "", s)  # degrees: 30^\circ and "30 degrees" are 30
     s = re.sub(r"(?<=\d)\{,\}(?=\d)", "", s)  # 1{,}000: LaTeX's spacing-free comma is a separator
     s = s.replace("\\infty", "oo").replace("∞", "oo").replace("\\emptyset", "\\{\\}").replace("\\varnothing", "\\{\\}")
     s = re.sub(r"\\(?:dots|ldots|cdots)", "...", s)
+    s = re.sub(r"\s*\\(?:cup|text\{ ?or ?\})\s*|\s+(?:and|or)\s+|\s*;\s*", ", ", s)  # several answers: one list
+    s = re.sub(r"_\{(\w+)\}", r"_\1", s)  # x_{1} = x_1
     s = s.strip().rstrip(".").strip()
     # thousands separators: only a whole number in groups of three, so the list "2,4" stays a list
     if re.fullmatch(r"[+-]?\d{1,3}(?:(?:,|\s)\d{3})+(?:\.\d+)?", s):
         s = re.sub(r"[,\s]", "", s)
-    # "x = 3", "f(x) = 2x", "\theta = \pi" -> the right-hand side; the variable's name is not the answer
-    m = re.fullmatch(r"[a-zA-Z](?:_\{?\w+\}?)?(?:\([a-z]\))?\s*=\s*(.+)|\\[a-z]+\s*=\s*(.+)", s)
-    if m:
-        s = (m.group(1) or m.group(2)).strip()
-    return re.sub(r"\s+", " ", s)
+    m = re.fullmatch(r"([0-9A-Z]+)_(\d+)", s)  # a number in base b, 61_7: the digits are the answer
+    return re.sub(r"\s+", " ", m.group(1) if m else s)
+
+
+NAME = r"\\?[a-zA-Z]+(?:_\w+)?(?:\([a-z, ]*\))?"  # x, x_1, f(x), \theta, PQ
+LABEL = re.compile(rf"\s*({NAME}|\(\s*{NAME}(?:\s*,\s*{NAME})+\s*\)|\|{NAME}\||\\frac\{{{NAME}\}}\{{{NAME}\}}|{NAME}\s*:\s*{NAME})"
+                   r"\s*(?:=|\\in)\s*(.+)")
+
+
+def _unlabel(s):
+    """Names are not answers: 'x = 3' -> '3', '(a,b) = (5,1)' -> '(5,1)', '|PQ| = 4' -> '4', 'x \\in [1,2]' ->
+    '[1,2]', and 'b = 7/3, a = 2' -> '(2, 7/3)' (values in the order of their names)."""
+    m = LABEL.fullmatch(s)
+    if m and not re.search(r"(?<![<>!])=", m.group(2)):
+        return m.group(2).strip()
+    parts = [LABEL.fullmatch(p) for p in _split_top(s, ",")]
+    if len(parts) > 1 and all(parts):
+        return "(" + ", ".join(p.group(2).strip() for p in sorted(parts, key=lambda p: p.group(1))) + ")"
+    return s
 
 
 def _choice(s):
@@ -121,28 +153,38 @@ def _split_top(s, sep):
 
 
 def _interval_of_inequality(s):
-    """'x > 3' -> '(3,oo)', '-2 \\le x < 5' -> '[-2,5)': inequalities and intervals are one answer."""
-    s = s.replace("\\leq", "\\le").replace("\\geq", "\\ge").replace("≤", "\\le").replace("≥", "\\ge")
-    rel = r"\s*(<|>|\\le|\\ge)\s*"
-    m = re.fullmatch(r"([^<>\\=]+?)" + rel + r"([a-z])" + rel + r"([^<>\\=]+)", s)
-    if m and {m.group(2), m.group(4)} <= {"<", "\\le"}:
-        lo, hi = m.group(1), m.group(5)
-        return ("[" if m.group(2) == "\\le" else "(") + f"{lo},{hi}" + ("]" if m.group(4) == "\\le" else ")")
-    m = re.fullmatch(r"([a-z])" + rel + r"([^<>=]+)", s) or re.fullmatch(r"([^<>=]+?)" + rel + r"([a-z])", s)
-    if not m:
+    """A relation in one variable as its solution set: 'x > 3' -> '(3,oo)', '-x > -1' -> '(-oo,1)',
+    '-2 <= x < 5' -> '[-2,5)', 'x != 2' -> '(-oo,2), (2,oo)'. Linear relations only; else None."""
+    rel = r"\s*(<=|>=|!=|<|>)\s*"
+    m = re.fullmatch(r"([^<>!=]+?)" + rel + r"([a-zA-Z])" + rel + r"([^<>!=]+)", s)
+    if m and m.group(2)[0] == m.group(4)[0] and m.group(2)[0] in "<>":  # a chain, a < x <= b or b > x > a
+        lo, lo_op, hi_op, hi = (m.group(1), m.group(2), m.group(4), m.group(5))
+        if lo_op[0] == ">":
+            lo, lo_op, hi_op, hi = hi, hi_op, lo_op, lo
+        return ("[" if "=" in lo_op else "(") + f"{lo.strip()},{hi.strip()}" + ("]" if "=" in hi_op else ")")
+    m = re.fullmatch(r"([^<>!=]+?)" + rel + r"([^<>!=]+)", s)
+    f = _to_sympy(f"({m.group(1)})-({m.group(3)})") if m else None
+    if f is None or len(f.free_symbols) != 1:
         return None
-    left_is_var = len(m.group(1)) == 1 and m.group(1).isalpha()
-    op, val = m.group(2), (m.group(3) if left_is_var else m.group(1))
-    upper = (op in ("<", "\\le")) == left_is_var  # x < a and a > x both bound x from above
-    closed = op in ("\\le", "\\ge")
-    return f"(-oo,{val}" + ("]" if closed else ")") if upper else ("[" if closed else "(") + f"{val},oo)"
+    x = next(iter(f.free_symbols))
+    slope = f.diff(x)
+    if not slope.is_number or slope == 0:
+        return None
+    bound, op = sympy.nsimplify(-f.subs(x, 0) / slope), m.group(2)
+    if slope < 0:  # dividing by a negative number turns the relation round
+        op = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "!=": "!="}[op]
+    if op == "!=":
+        return f"(-oo,{bound}), ({bound},oo)"
+    closed = "=" in op
+    return f"(-oo,{bound}" + ("]" if closed else ")") if op[0] == "<" else ("[" if closed else "(") + f"{bound},oo)"
 
 
 def _matrix(s):
-    m = re.fullmatch(r"\\begin\{[pbvB]?matrix\}(.*)\\end\{[pbvB]?matrix\}", s, re.S)
+    """Rows of a matrix written as pmatrix, bmatrix, ... or an array inside brackets; else None."""
+    m = re.fullmatch(r"[\[(]?\s*\\begin\{([pbvBV]?matrix|smallmatrix|array)\}(?:\{[^}]*\})?(.*)\\end\{\1\}\s*[\])]?", s, re.S)
     if not m:
         return None
-    return [[c.strip() for c in row.split("&")] for row in re.split(r"\\\\", m.group(1)) if row.strip()]
+    return [[c.strip() for c in row.split("&")] for row in re.split(r"\\\\", m.group(2)) if row.strip()]
 
 
 # -----------------------------------------------------------------------------
@@ -161,8 +203,9 @@ def _number(s):
     return Decimal(1).scaleb(int(m.group(1))) if m else None
 
 
-FUNCS = {"sqrt", "log", "ln", "exp", "sin", "cos", "tan", "cot", "sec", "csc", "pi", "oo", "E", "I",
+FUNCS = {"sqrt", "log", "ln", "exp", "sin", "cos", "tan", "cot", "sec", "csc", "pi", "oo", "E", "I", "floor", "ceiling",
          "asin", "acos", "atan", "sinh", "cosh", "tanh", "binom", "factorial", "Abs"}
+GREEK = {"alpha", "beta", "gamma", "delta", "theta", "lambda", "mu", "phi", "omega", "sigma", "rho", "tau"}
 
 
 def _to_sympy(s):
@@ -186,40 +229,69 @@ def _to_sympy(s):
                 new = f"binom({args[0]},{args[1]})"
             else:
                 new = f"(({args[0]})**(1/({m.group(1)})))" if m.group(1) else f"sqrt({args[0]})"
-            s = s[:m.start()] + new + s[j:]
-    s = s.replace("\\cdot", "*").replace("\\times", "*").replace("\\div", "/").replace("\\pi", " pi ")
-    s = re.sub(r"\\(ln|log|exp|sin|cos|tan|cot|sec|csc|sinh|cosh|tanh)", r" \1 ", s)
+            s = s[:m.start()] + f" {new} " + s[j:]  # spaced: i\sqrt5 is i times sqrt(5), never 'isqrt'
+
+    s = s.replace("\\cdot", "*").replace("\\times", "*").replace("\\div", "/")
+    s = re.sub(r"\\lfloor(.*?)\\rfloor", r" floor(\1) ", s)
+    s = re.sub(r"\\lceil(.*?)\\rceil", r" ceiling(\1) ", s)
     s = re.sub(r"\|([^|]+)\|", r"Abs(\1)", s)
     s = re.sub(r"(\d+)!", r"factorial(\1)", s)
+    s = re.sub(r"\\([a-zA-Z]+)", r" \1 ", s)  # \sqrt5 i, i\pi: a command never glues onto its neighbours
     s = s.replace("{", "(").replace("}", ")").replace("^", "**").replace("\\", "")
     s = re.sub(r"\be\b", "E", s)  # a lone e in an expression is Euler's number (e^2, 3e); 1e5 never gets here
-    if re.search(r"[^\w\s+\-*/().,]|_", s) or any(w not in FUNCS and len(w) > 1 for w in re.findall(r"[a-zA-Z]+", s)):
-        return None  # unknown words (units, prose) are not mathematics we can compare
+    # bR, xy: a short unknown word is a product of symbols; a longer one is prose or a unit we cannot compare
+    s = re.sub(r"[a-zA-Z]+", lambda w: w[0] if w[0] in FUNCS | GREEK or len(w[0]) > 3 else " ".join(w[0]), s)
+    if re.search(r"[^\w\s+\-*/().,]|_", s) or any(w not in FUNCS | GREEK and len(w) > 1 for w in re.findall(r"[a-zA-Z]+", s)):
+        return None
     if re.search(r"\*\*\s*\(?\s*\d{4,}|\*\*\s*\(*[\w.]+\s*\*\*|\de[+-]?\d{4,}", s, re.I):
         return None  # 9^{99999}, 9^{9^9}, 1e99999: C-level big-number work no alarm can stop
     try:
         tr = standard_transformations + (implicit_multiplication_application, convert_xor)
         return parse_expr(s.replace("binom", "binomial").replace("ln", "log"), transformations=tr, evaluate=True,
-                          local_dict={"E": sympy.E, "I": sympy.I, "pi": sympy.pi})
+                          local_dict={"E": sympy.E, "I": sympy.I, "pi": sympy.pi, **{g: sympy.Symbol(g) for g in GREEK}})
     except Exception:
         return None
+
+
+def _values_at_random_points(exprs):
+    """Each expression's complex value at 3 random points (1 if there are no symbols), or None if not finite."""
+    rng = random.Random(0)
+    symbols = sorted(set().union(*(e.free_symbols for e in exprs)), key=str)
+    points = [{x: rng.uniform(0.5, 2.5) for x in symbols} for _ in range(3 if symbols else 1)]
+    values = [[complex(e.evalf(subs=p)) for e in exprs] for p in points]
+    ok = all(math.isfinite(abs(v)) for row in values for v in row)
+    return values if ok else None
+
+
+def _close(a, b):
+    return abs(a - b) <= 1e-6 * max(abs(a), abs(b)) or abs(a - b) <= 1e-12
 
 
 def _sympy_equal(a, b):
     ea, eb = _to_sympy(a), _to_sympy(b)
     if ea is None or eb is None or ea.free_symbols != eb.free_symbols:
         return False
-    rng = random.Random(0)
-    symbols = sorted(ea.free_symbols, key=str)
+    if ea == eb:
+        return True  # also oo == +oo, which no numeric check can confirm
     # equal at random points <=> equal as functions (with overwhelming probability); no simplify() hangs
-    for _ in range(3 if symbols else 1):
-        point = {x: rng.uniform(0.5, 2.5) for x in symbols}
-        va, vb = complex(ea.evalf(subs=point)), complex(eb.evalf(subs=point))
-        if not all(map(math.isfinite, (va.real, va.imag, vb.real, vb.imag))):
-            return False
-        if abs(va - vb) > 1e-6 * max(abs(va), abs(vb)) and abs(va - vb) > 1e-12:
-            return False
-    return True
+    values = _values_at_random_points([ea, eb])
+    return values is not None and all(_close(va, vb) for va, vb in values)
+
+
+def _relation_equal(pred, gold):
+    """Two equations are one relation when lhs - rhs of one is a nonzero constant times the other's:
+    3x-6y+2=0 and y = x/2 + 1/3 are the same line."""
+    sides = [re.split(r"(?<![<>!=])=(?!=)", s) for s in (pred, gold)]
+    if any(len(x) != 2 for x in sides):
+        return False
+    f, g = (_to_sympy(f"({a})-({b})") for a, b in sides)
+    if f is None or g is None or f.free_symbols != g.free_symbols or not f.free_symbols:
+        return False
+    values = _values_at_random_points([f, g])
+    if values is None or any(abs(vg) < 1e-12 for _, vg in values):
+        return False
+    ratios = [vf / vg for vf, vg in values]
+    return abs(ratios[0]) > 1e-12 and all(_close(r, ratios[0]) for r in ratios)
 
 
 def _equal(pred, gold):
@@ -227,6 +299,11 @@ def _equal(pred, gold):
         return True
     if _choice(gold):
         return _choice(pred) == _choice(gold)
+    if "=" in pred and "=" in gold and _relation_equal(pred, gold):
+        return True
+    pred, gold = _unlabel(pred), _unlabel(gold)
+    if pred == gold:
+        return True
     p, g = _number(pred.rstrip("%")), _number(gold.rstrip("%"))
     if p is not None and g is not None:  # 10% = 10 = 0.1 when one side has the % sign
         if pred.endswith("%") != gold.endswith("%"):
@@ -239,28 +316,41 @@ def _equal(pred, gold):
     pi, gi = _interval_of_inequality(pred), _interval_of_inequality(gold)
     if pi or gi:
         return _equal(pi or pred, gi or gold)
-    if "\\cup" in gold or "\\cup" in pred:
-        return _same_multiset(_split_top(pred, "\\cup"), _split_top(gold, "\\cup"))
-    pe, ge = _split_top(pred, ","), _split_top(gold, ",")
-    if len(pe) > 1 or len(ge) > 1 or _brackets(gold) or _brackets(pred):
-        return _structure_equal(pred, gold)
+    bp, bg = _brackets(pred), _brackets(gold)
+    pe, ge = _elements(pred, bp), _elements(gold, bg)
+    if len(pe) > 1 or len(ge) > 1 or bp or bg:
+        if bp in (None, "{}") and bg in (None, "{}"):
+            return _same_multiset(pe, ge)  # sets and bare lists of answers: order-free
+        if None in (bp, bg) and "()" in (bp, bg) or bp == bg:  # tuples and intervals: in order, bracket by bracket
+            return len(pe) == len(ge) and all(map(_equal, pe, ge))
+        return False
     return _sympy_equal(pred, gold)
 
 
 def _brackets(s):
+    """'()', '[)', '{}', ... when one bracket pair wraps all of s and holds a list; else None."""
     if s.startswith("\\{") and s.endswith("\\}"):
-        return "{}"
-    return s[0] + s[-1] if len(s) > 1 and s[0] in "([" and s[-1] in ")]" and _split_top(s[1:-1], ",")[0] != s[1:-1] else None
+        s, kind = s[1:-2] + "}", "{}"
+    elif len(s) > 1 and s[0] in "([" and s[-1] in ")]":
+        kind = s[0] + s[-1]
+    else:
+        return None
+    depth = 0
+    for i, c in enumerate(s):
+        depth += (c in "([{") - (c in ")]}")
+        if depth == 0 and i < len(s) - 1:
+            return None  # "(1,2), (3,4)": the first bracket closes early, so it wraps nothing
+    return kind if kind == "{}" or len(_split_top(s[1:-1], ",")) > 1 else None
 
 
-def _structure_equal(pred, gold):
-    """Tuples and intervals keep order and brackets; sets and bare lists of answers ignore order."""
-    bp, bg = _brackets(pred), _brackets(gold)
-    inner = lambda s, b: s[2:-2] if b == "{}" else (s[1:-1] if b else s)
-    pe, ge = _split_top(inner(pred, bp), ","), _split_top(inner(gold, bg), ",")
-    if bg in (None, "{}") and bp in (None, "{}"):
-        return _same_multiset(pe, ge)
-    return bp == bg and len(pe) == len(ge) and all(map(_equal, pe, ge))
+def _elements(s, brackets):
+    """The members of a list, set, tuple or interval; 'a \\pm b' counts as two, a+b and a-b."""
+    inner = s[2:-2] if brackets == "{}" else s[1:-1] if brackets else s
+    out = []
+    for part in _split_top(inner, ","):
+        pm = re.search(r"\\pm|\\mp", part)
+        out += [part[:pm.start()] + sign + part[pm.end():] for sign in "+-"] if pm else [part]
+    return out
 
 
 def _same_multiset(pe, ge):

@@ -3,7 +3,7 @@
 A language model gets better at math by training on its own low-temperature samples: no reward,
 no verifier, no teacher. Every round it samples answers at tau_sample, then does plain SFT on them
 with the logits divided by tau_train. With tau_sample < tau_train this sharpens the model's own
-preferences (SEPT.md, Theorem 1); with tau_sample = tau_train the expected gradient is zero.
+preferences (docs/theory.md); with tau_sample = tau_train the expected gradient is zero.
 
     pip install torch==2.13.0 && pip install -r requirements.txt
     python sept_mini.py                                  # the toy world on a laptop CPU, ~4 min

@@ -137,8 +137,13 @@ def main(argv=None):
         if not os.path.isfile(args.regrade):
             die(f"--regrade: file not found: {args.regrade}")
         samples = [json.loads(line) for line in open(args.regrade)]
+        before = [s.get("correct") for s in samples]
         for s in samples:
             s["answer"], s["correct"] = grading.extract_answer(s["text"]), grading.grade(s["text"], s["gold"])
+        now_right = sum(not b and s["correct"] for b, s in zip(before, samples))
+        now_wrong = sum(b and not s["correct"] for b, s in zip(before, samples))
+        print(f"regraded {len(samples)} samples: {now_right + now_wrong} verdicts changed "
+              f"({now_right} now right, {now_wrong} now wrong)")
         key = lambda t: (t["tau"], t["benchmark"], t["id"])
         n = sum(key(t) == key(samples[0]) for t in samples) if samples else 1  # samples per question
         return finish(args, samples, n)

@@ -59,7 +59,7 @@ def extract_answer(text):
         if not hits:
             return None
         tail = text[hits[-1].end():].strip().lstrip(":").strip()
-        math = re.match(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", tail, re.S)  # $X$, \(X\), \[X\]
+        math = re.match(r"\$\$(.+?)\$\$|\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", tail, re.S)  # $X$ (not \$), \(X\), \[X\]
         # else the sentence ends at ". " or the line's end ("3.5" keeps its point)
         found = next(g for g in math.groups() if g) if math else re.split(r"\.(?:\s|$)|\n|,?\s+I hope", tail)[0]
     return found.strip() or None
@@ -301,7 +301,7 @@ def _equal(pred, gold):
         return _choice(pred) == _choice(gold)
     if "=" in pred and "=" in gold and _relation_equal(pred, gold):
         return True
-    pred, gold = _unlabel(pred), _unlabel(gold)
+    pred, gold = clean(_unlabel(pred)), clean(_unlabel(gold))  # once unlabelled, "10,\!080" is a whole number again
     if pred == gold:
         return True
     p, g = _number(pred.rstrip("%")), _number(gold.rstrip("%"))

@@ -46,7 +46,10 @@ def test_eval_on_toy_prints_table_and_writes_samples_then_regrades(tiny_model_di
         s["text"] = "\\boxed{" + s["gold"] + "}"
     with open(out / "samples.jsonl", "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in samples)
+    capsys.readouterr()
     regraded = eval_math.main(["--regrade", str(out / "samples.jsonl"), "--out", str(out)])
+    changed = sum(not s["correct"] for s in samples)  # every sample the tiny model got wrong is now right
+    assert f"{changed} verdicts changed ({changed} now right, 0 now wrong)" in capsys.readouterr().out
     assert regraded[1.0]["toy"]["pass@1"] == 100.0 and regraded[0.0]["toy"]["pass@4"] == 100.0
 
 

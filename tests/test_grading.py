@@ -11,6 +11,7 @@ import grading
 from conftest import BENCHMARKS
 
 B = lambda s: "The answer is therefore \\boxed{" + s + "}."  # a response that boxes s
+FS = lambda s: "Final Answer: The final answer is " + s + ". I hope it is correct."  # the MATH few-shot format
 
 EXTRACT = [  # (response, extracted answer)
     ("so \\boxed{5}", "5"),
@@ -109,7 +110,7 @@ CASES = {  # category -> [(response, gold, equal?)]
     "latex noise": [
         (B("\\left( 1, 2 \\right)"), "(1,2)", True), (B("1\\!000"), "1000", True), (B("3\\;"), "3", True),
         (B("$5$"), "5", True), (B("\\displaystyle\\frac{1}{2}"), "0.5", True), (B("5."), "5", True),
-        (B("\\big(1,2\\big)"), "(1,2)", True), (B("10\\ \\text{dollars}"), "10", True),
+        (B("\\big(1,2\\big)"), "(1,2)", True), (B("10\\ \\text{dollars}"), "10", True), (B("\\left( 1, 3 \\right)"), "(1,2)", False),
     ],
     "real benchmark answers": [
         (B("(3, \\frac{\\pi}{2})"), "\\left( 3, \\frac{\\pi}{2} \\right)", True),  # MATH-500 #1
@@ -125,6 +126,72 @@ CASES = {  # category -> [(response, gold, equal?)]
         (B("\\$ 32,348"), "\\$32,\\!348", True), (B("10\\sqrt{2}"), "\\sqrt{200}", True),
     ],
 }
+FS = lambda s: "Final Answer: The final answer is " + s + ". I hope it is correct."
+CASES.update({
+    "few-shot final answer sentence": [
+        (FS("$3,000,014$"), "3000014", True), (FS("3000014"), "3,000,014", True), (FS("$\\frac{x+1}{2}$"), "\\frac{1}{2}x+\\frac12", True),
+        (FS("\\(12\\)") + "<|im_end|>", "12", True), (FS("$12$") + "<|endoftext|>", "12", True), (FS("$13$"), "12", False),
+        ("Final Answer: The final answer is 7. I hope it is correct.\n\nProblem: 5+5\nSolution: The final answer is 10.", "10", True),
+        (FS("$x^2 + 1$"), "x^2+2", False),
+    ],
+    "inequality spellings and solution sets": [
+        (B("x \\geq 3"), "[3,\\infty)", True), (B("x \\ge 3"), "x\\geqslant 3", True), (B("x >= 3"), "x \\geq 3", True),
+        (B("x \\lt 2"), "(-\\infty, 2)", True), (B("x \\gt 2"), "x>2", True), (B("x<=1"), "x \\leq 1", True),
+        (B("-x > -1"), "x < 1", True), (B("2x + 1 \\le 5"), "x \\le 2", True), (B("x \\neq 3"), "(-\\infty,3)\\cup(3,\\infty)", True),
+        (B("x != 3"), "x \\ne 3", True), (B("x > 1"), "x < 1", False), (B("-x > -1"), "x > 1", False),
+        (B("x \\geq 3"), "x > 3", False), (B("x \\neq 3"), "x \\neq 2", False), (B("x < -1 \\text{ or } x > 2"), "(-\\infty,-1)\\cup(2,\\infty)", True),
+        (B("5 > x > -2"), "(-2, 5)", True), (B("x < -1 \\text{ or } x > 3"), "(-\\infty,-1)\\cup(2,\\infty)", False),
+    ],
+    "labels, several answers, plus-minus": [
+        (B("(5,1)"), "(a,b)=(5,1)", True), (B("(1,5)"), "(a,b)=(5,1)", False), (B("3:8"), "S_1:S_2 = 3:8", True),
+        (B("4"), "|PQ| = 4", True), (B("5"), "|PQ| = 4", False), (B("2"), "\\frac{PM}{MQ} = 2", True),
+        (B("1 \\text{ and } 2"), "1, 2", True), (B("1 and 3"), "1, 2", False), (B("-1 or 4"), "4, -1", True),
+        (B("2; 5"), "5, 2", True), (B("2 \\pm \\sqrt{7}"), "2+\\sqrt{7}, 2-\\sqrt{7}", True),
+        (B("2+\\sqrt7, 2-\\sqrt7"), "2 \\pm \\sqrt{7}", True), (B("2 + \\sqrt{7}"), "2 \\pm \\sqrt{7}", False),
+        (B("\\pm 17"), "\\{-17, 17\\}", True), (B("17"), "\\pm 17", False), (B("a = 2,\\ b = \\frac{7}{3}"), "(2, \\frac73)", True),
+        (B("b = \\frac{7}{3}, a = 2"), "a=2, b=7/3", True), (B("a = 3, b = 2"), "a=2, b=3", False),
+        (B("a = \\frac73,\\ b = 2"), "(2, \\frac73)", False), (B("x + y = 5"), "x - y = 5", False), (B("\\{1, 2\\}"), "\\{1, 2, 3\\}", False),
+    ],
+    "equations as relations": [
+        (B("3x-6y+2=0"), "y = \\frac12 x + \\frac13", True), (B("y = \\frac{1}{2}x + \\frac{1}{3}"), "3x - 6y + 2 = 0", True),
+        (B("2x + 4y = 8"), "x + 2y = 4", True), (B("x^2 + y^2 = 4"), "2x^2 + 2y^2 - 8 = 0", True),
+        (B("3x-6y+3=0"), "3x-6y+2=0", False), (B("y = 2x + 1"), "y = 2x - 1", False), (B("x + 2y = 4"), "2x + y = 4", False),
+        (B("y = x^2"), "y = x^3", False),
+    ],
+    "thousands": [
+        (B("3,000,014"), "3000014", True), (B("27{,}305"), "27305", True), (B("20,\\!160"), "20160", True),
+        (B("4,\\! 210"), "4210", True), (B("\\$4,\\!210"), "4210", True), (B("3000014"), "3,000,014", True),
+        (B("20160"), "20,\\!160", True), (B("3,000,015"), "3000014", False), (B("20,\\!161"), "20160", False),
+    ],
+    "expressions": [
+        (B("2-i\\sqrt5"), "2-\\sqrt5 i", True), (B("2+i\\sqrt5"), "2-\\sqrt5 i", False), (B("\\frac19 q^{-3}"), "\\frac{1}{9q^3}", True),
+        (B("\\left\\lfloor \\frac{n}{2} \\right\\rfloor"), "\\lfloor n/2 \\rfloor", True), (B("\\lfloor 7/2 \\rfloor"), "3", True),
+        (B("\\lceil 7/2 \\rceil"), "3", False), (B("b R^{2/5}"), "bR^{2/5}", True), (B("b R^{3/5}"), "bR^{2/5}", False),
+        (B("3x^2 - 2x + 1"), "1 - 2x + 3x^2", True), (B("ab + cd"), "dc + ba", True), (B("ab - cd"), "dc - ba", False),
+        (B("\\frac{1}{9}q^{-2}"), "\\frac{1}{9q^3}", False), (B("\\theta + 1"), "1+\\theta", True),
+    ],
+    "intervals": [
+        (B("x \\in [-1,4]"), "[-1,4]", True), (B("[-1,4]"), "x \\in [-1, 4]", True), (B("(2, +\\infty)"), "(2,\\infty)", True),
+        (B("[0.5, 3)"), "[\\frac12, 3)", True), (B("[0.5, 3]"), "[\\frac12, 3)", False), (B("x \\in [-1,5]"), "[-1,4]", False),
+        (B("(-\\infty, -\\frac{1}{2}]"), "(-oo, -0.5]", True),
+    ],
+    "number bases": [
+        (B("61_7"), "61_{7}", True), (B("35_{9}"), "35_9", True), (B("61"), "61_7", True), (B("62_7"), "61_7", False),
+        (B("1011_2"), "1011_{2}", True), (B("1010_2"), "1011_2", False),
+    ],
+    "matrices in other environments": [
+        (B("\\begin{bmatrix} 1 & 0 \\\\ 0 & 1 \\end{bmatrix}"), "\\begin{pmatrix} 1 & 0 \\\\ 0 & 1 \\end{pmatrix}", True),
+        (B("\\left[ \\begin{array}{cc} 1 & 2 \\\\ 3 & 4 \\end{array} \\right]"), "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", True),
+        (B("\\left[ \\begin{array}{cc} 1 & 2 \\\\ 3 & 5 \\end{array} \\right]"), "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", False),
+    ],
+    "percent words, units, degrees, wrappers, radicals": [
+        (B("15 pct"), "15\\%", True), (B("15 percent"), "15", True), (B("16 percent"), "15\\%", False),
+        (B("12\\textnormal{ km}"), "12", True), (B("3\\text{ m/s}"), "3", True), (B("4\\text{ m/s}"), "3", False),
+        (B("40 degrees"), "40", True), (B("40"), "40^\\circ", True), (B("41 degrees"), "40", False),
+        (B("\\left( 5 \\right)"), "5", True), (B("\\left( \\frac12 \\right)"), "0.5", True),
+        (B("\\sqrt{12.5}"), "\\frac{5\\sqrt{2}}{2}", True), (B("\\sqrt{12.6}"), "\\frac{5\\sqrt{2}}{2}", False),
+    ],
+})
 TABLE = [(cat, *case) for cat, cases in CASES.items() for case in cases]
 
 
@@ -134,7 +201,9 @@ def test_grade_table(category, response, gold, want):
 
 
 def test_the_table_is_large_enough():
-    assert len(TABLE) + len(EXTRACT) >= 150
+    assert len(TABLE) + len(EXTRACT) >= 250
+    for category, cases in CASES.items():  # every class is pinned in both directions
+        assert {want for _, _, want in cases} == {True, False}, category
 
 
 def benchmark_golds():
@@ -160,6 +229,38 @@ def variants(gold):
         same += [gold + "0"]
         other += [str(float(gold) + 1)]
     return same, other
+
+
+def rewritten(gold):
+    """(responses equal to gold, responses not equal), whatever kind of answer gold is: labelled, in the
+    few-shot sentence, sets and lists reordered or joined by 'and'; tuples reordered, an element changed or dropped."""
+    same = [B(gold) + "<|im_end|>"] + ([] if re.search(r"(?<!\\)\$", gold) else [FS("$" + gold + "$")])
+    other = []
+    plain = not re.search(r"[=<>]|\\(?:le|ge|ne|text|in)|\\begin|^[A-E]$", gold)
+    if plain:
+        same.append(B("\\text{answer} = " + gold))
+    parts = grading._split_top(grading.clean(gold), ",")
+    brackets = grading._brackets(grading.clean(gold))
+    if plain and len(parts) > 1 and brackets is None and len(set(parts)) == len(parts):  # a bare list: order-free
+        same += [B(", ".join(reversed(parts))), B(" \\text{ and } ".join(parts))]
+        other += [B(", ".join(parts[:-1]))]
+    if plain and brackets == "()" and len(parts) == 2 and len(set(parts)) == 2:  # a tuple: order matters
+        inner = grading._split_top(grading.clean(gold)[1:-1], ",")
+        if not grading._equal(inner[0], inner[1]):
+            other.append(B(f"({inner[1]}, {inner[0]})"))
+    return same, other
+
+
+@pytest.mark.skipif(not os.path.isdir(BENCHMARKS), reason="needs ../shared/data/benchmarks beside the checkout")
+def test_benchmark_golds_rewritten_are_graded_right_and_perturbed_wrong():
+    checked, wrong = 0, []
+    for gold in benchmark_golds():
+        same, other = rewritten(gold)
+        wrong += [("should equal", r, gold) for r in same if not grading.grade(r, gold)]
+        wrong += [("should differ", r, gold) for r in other if grading.grade(r, gold)]
+        checked += len(same) + len(other)
+    assert checked > 4000
+    assert not wrong, wrong[:10]
 
 
 @pytest.mark.skipif(not os.path.isdir(BENCHMARKS), reason="needs ../shared/data/benchmarks beside the checkout")

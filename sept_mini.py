@@ -399,9 +399,17 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None
 
 
+def default_chunk_size(weight):
+    """Tokens per chunk. On CPU 16M logits (64 MB fp32) at a time: larger chunks only cost cache misses.
+    On CUDA 128M logits (~0.5 GB fp32, 883 tokens at Qwen's 151,936): small chunks leave the GPU idle
+    between matmuls; at about 1,000 tokens the fused loss ran at naive's speed with a frozen output
+    layer on an H100 (bf16, N = 16,384), at 3% of naive's memory."""
+    return max(1, (2 ** 27 if weight.is_cuda else 2 ** 24) // weight.shape[0])
+
+
 def fused_nll_sum(hidden, weight, bias, targets, tau, chunk_size=None):
     """Summed tau-scaled NLL of targets given final hidden states, without [N x V] logits."""
-    chunk_size = chunk_size or max(1, 2 ** 24 // weight.shape[0])  # <= 16M logits (64 MB fp32) at a time
+    chunk_size = chunk_size or default_chunk_size(weight)
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0 + weight.sum() * 0.0  # keeps the graph (and DDP/optimizers) happy
     return FusedLinearCrossEntropy.apply(hidden, weight, bias, targets, tau, chunk_size)
@@ -436,14 +444,29 @@ def answer_nll(model, input_ids, attention_mask, labels, tau_train, loss_impl="f
     return fused_nll_sum(hidden[:, :-1][mask], head.weight, head.bias, targets[mask], tau_train), int(mask.sum())
 
 
-def sept_update(model, optimizer, scheduler, rollouts, tau_train, pad_id, loss_impl, micro_batch, clip=1.0):
+def micro_batches(rollouts, max_tokens):
+    """Consecutive groups of rollouts whose padded size (rows x longest row) stays within max_tokens, so
+    memory is planned in tokens: answers run from 10 to 1,024 tokens. A row longer than the budget goes alone."""
+    groups, current, longest = [], [], 0
+    for r in rollouts:
+        n = len(r["prompt_ids"]) + len(r["answer_ids"])
+        if current and max(longest, n) * (len(current) + 1) > max_tokens:
+            groups.append(current)
+            current, longest = [], 0
+        current.append(r)
+        longest = max(longest, n)
+    return groups + [current] if current else groups
+
+
+def sept_update(model, optimizer, scheduler, rollouts, tau_train, pad_id, loss_impl, micro_batch_tokens, clip=1.0):
     """One optimizer update of SFT at tau_train on these rollouts: token mean over all their answer
     tokens, accumulated over micro-batches. Returns (loss, tokens processed)."""
     model.train()
+    optimizer.zero_grad(set_to_none=True)  # a retry after out-of-memory starts clean
     n_answer = sum(len(r["answer_ids"]) for r in rollouts)
     total, n_tokens = 0.0, 0
-    for i in range(0, len(rollouts), micro_batch):
-        input_ids, attention_mask, labels = (x.to(model.device) for x in training_batch(rollouts[i:i + micro_batch], pad_id))
+    for group in micro_batches(rollouts, micro_batch_tokens):
+        input_ids, attention_mask, labels = (x.to(model.device) for x in training_batch(group, pad_id))
         nll, _ = answer_nll(model, input_ids, attention_mask, labels, tau_train, loss_impl)
         (nll / max(1, n_answer)).backward()
         total += nll.item()
@@ -473,6 +496,98 @@ def evaluate(model, tokenizer, questions, style, max_new_tokens, samples, batch_
                             for r, q in zip(rs, qs)]
     return {"pass@1": sum(right(sampled, questions * samples)) / len(sampled),
             "greedy": sum(right(greedy, questions)) / len(greedy)}
+
+
+# -----------------------------------------------------------------------------
+# the memory plan, out-of-memory recovery and the fast sampler: engineering a reader may skip
+
+GPU_BUDGET_GB = 6.0  # so the defaults run on an 8 GB card; a smaller card gets 80% of its memory
+
+
+def plan_memory(args, model_path):
+    """Resolve the flags left to 'auto' from the model's shape and the device; return the plan as one line.
+    CUDA: gradient checkpointing on for real models, micro-batches of 8,192 tokens, and generation batches whose
+    KV cache fits a quarter of the budget. CPU: no checkpointing, 16,384 tokens, 64 prompts (memory is rarely
+    the limit there)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    cuda, dtype_bytes = args.device == "cuda", 2 if args.device == "cuda" else 4
+    kv_per_token = 2 * text.num_hidden_layers * getattr(text, "num_key_value_heads", text.num_attention_heads) * head_dim * dtype_bytes
+    budget = min(GPU_BUDGET_GB, 0.8 * torch.cuda.get_device_properties(0).total_memory / 2 ** 30) if cuda else None
+    merged_gb = n_params * dtype_bytes / 2 ** 30  # the fast sampler's copy of the policy
+    if args.sampler == "auto":
+        fits = not cuda or merged_gb < 0.4 * budget  # a 0.5B model's 1 GB copy fits; a 7B model's 14 GB does not
+        args.sampler = "fast" if args.finetune in ("lora", "qlora") and fits else "plain"
+    if args.grad_checkpointing == "auto":
+        args.grad_checkpointing = "on" if cuda and args.model != "toy" else "off"
+    args.micro_batch_tokens = args.micro_batch_tokens or (8192 if cuda else 16384)
+    seq_tokens = args.max_new_tokens + 512  # answer cap plus a generous prompt
+    if args.gen_batch_size is None:
+        args.gen_batch_size = max(1, min(64, int(0.25 * budget * 2 ** 30 / (kv_per_token * seq_tokens)))) if cuda else 64
+    weights_gb = n_params * (0.6 if args.finetune == "qlora" else dtype_bytes) / 2 ** 30
+    kv_gb = args.gen_batch_size * seq_tokens * kv_per_token / 2 ** 30
+    return (f"plan: {n_params / 1e6:.0f}M parameters, {args.finetune}, sampler {args.sampler}, generation batches of "
+            f"{args.gen_batch_size} prompts, micro-batches of {args.micro_batch_tokens} tokens, gradient checkpointing "
+            f"{args.grad_checkpointing}" + (f"; estimated GPU memory: weights {weights_gb:.1f} GB + sampler copy "
+            f"{merged_gb if args.sampler == 'fast' else 0:.1f} GB + KV cache {kv_gb:.1f} GB, budget {budget:.1f} GB" if cuda else ""))
+
+
+def halving_on_oom(run, size, what, flag):
+    """run(size), and on CUDA out-of-memory run(size // 2), ... down to 1, each retry said in one line.
+    Returns (result, the size that worked); stops with one line when even 1 does not fit (no checkpoint is
+    written mid-round, so the last one is intact)."""
+    while True:
+        try:
+            return run(size), size
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if size <= 1:
+                die(f"out of GPU memory {what} even with {flag} 1: lower --max-new-tokens, or use --finetune qlora "
+                    "or --sampler plain; the last checkpoint is intact, continue with --resume")
+            size //= 2
+            print(f"warning: out of GPU memory {what}: retrying with {flag} {size}", file=sys.stderr)
+
+
+class MergedSampler:
+    """The fast sampler: a plain copy of the policy for generate, its weights in the compute dtype with the
+    current LoRA delta folded in (W = W0 + scaling * B A, NF4 weights dequantised), refreshed in place after
+    each update so that compiled graphs and a static KV cache are reused. No peft wrapper, no per-step
+    dequantisation, no dropout. --sampler plain samples with the training model itself (the reference)."""
+
+    def __init__(self, peft_model, dtype):
+        from transformers import AutoModelForCausalLM
+        self.base = peft_model.get_base_model()
+        self.model = AutoModelForCausalLM.from_config(self.base.config, dtype=dtype).to(self.base.device).eval()
+        self.model.generation_config = self.base.generation_config
+        self.lora_layers = [(n, m) for n, m in self.base.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+        with torch.no_grad():  # everything, once; refresh() then redoes the LoRA layers after each update
+            for name, param in self.model.named_parameters():
+                module_name, kind = name.rsplit(".", 1)
+                source = self.base.get_submodule(module_name)
+                source = getattr(source, "base_layer", source)
+                param.copy_(dense_weight(source) if kind == "weight" else getattr(source, kind))
+        self.refresh()
+
+    @torch.no_grad()
+    def refresh(self):
+        for name, module in self.lora_layers:
+            delta = module.lora_B["default"].weight.float() @ module.lora_A["default"].weight.float()  # (out, r) @ (r, in)
+            merged = dense_weight(module.base_layer).float() + module.scaling["default"] * delta
+            self.model.get_submodule(name).weight.copy_(merged)
+
+
+def dense_weight(layer):
+    """A linear layer's weight in full precision: 4-bit NF4 weights dequantised."""
+    quant_state = getattr(layer.weight, "quant_state", None)
+    if quant_state is None:
+        return layer.weight
+    import bitsandbytes.functional as bnbf
+    return bnbf.dequantize_4bit(layer.weight.data, quant_state)
 
 
 # -----------------------------------------------------------------------------
@@ -590,10 +705,16 @@ def build_parser():
     a("--loss", choices=["fused", "naive"], default="fused",
       help="fused: chunked, never holds the [tokens x vocab] logits; naive: the plain reference (default: fused)")
     a("--max-new-tokens", type=int, default=None, help="answer length cap in tokens (default: 48 for the toy model, 1024 otherwise)")
-    a("--gen-batch-size", type=int, default=64, help="prompts per generate call (default: 64)")
-    a("--micro-batch", type=int, default=64, help="answers per forward/backward; gradients accumulate over them (default: 64)")
+    a("--gen-batch-size", type=int, default=None, help="prompts per generate call (default: planned: 64, fewer on a GPU "
+      "when their KV cache would not fit a quarter of the memory budget)")
+    a("--micro-batch-tokens", type=int, default=None, help="padded tokens per forward/backward; gradients accumulate over "
+      "micro-batches (default: planned: 8192 on a GPU, 16384 on CPU)")
+    a("--sampler", choices=["auto", "fast", "plain"], default="auto", help="fast: sample from a merged copy of the LoRA "
+      "policy (static cache and compiled on CUDA); plain: from the training model itself, the reference (default: auto = "
+      "fast for LoRA/QLoRA when the copy fits in memory, else plain)")
     a("--lora-rank", type=int, default=16, help="LoRA rank r, with alpha = 2r (default: 16)")
-    a("--grad-checkpointing", action="store_true", help="recompute activations in backward to save memory (default: off)")
+    a("--grad-checkpointing", choices=["auto", "on", "off"], default="auto", help="recompute activations in backward to "
+      "save memory (default: auto = on for real models on a GPU, off otherwise)")
     a("--prompt-style", choices=["auto", "system", "user"], default="auto",
       help="system: the reasoning prompt as system message; user: appended to the question; auto: user if the model "
       "name contains 'instruct', else system (default: auto)")
@@ -681,7 +802,7 @@ def validate(args):
                 + ("; greedy decoding cannot be trained on" if name == "tau_sample" and value == 0 else ""))
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
         die(f"--weight-decay must be a finite number >= 0 (got {args.weight_decay})")
-    for name in ("rounds", "prompts_per_round", "rollouts", "updates_per_round", "gen_batch_size", "micro_batch",
+    for name in ("rounds", "prompts_per_round", "rollouts", "updates_per_round", "gen_batch_size", "micro_batch_tokens",
                  "eval_size", "eval_samples", "save_every", "lora_rank", "max_new_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -739,8 +860,9 @@ def main(argv=None):
     heldout = load_questions(args.eval_dataset, "test", args.eval_size, seed=args.seed) if args.eval_every else []
     if any(q["answer"] is None for q in heldout):
         die(f"eval dataset '{args.eval_dataset}' has no answer column: pass one with answers, or --eval-every 0")
+    print(plan_memory(args, model_path))
     model, tokenizer = load_model(model_path, args.finetune, args.device, args.lora_rank,
-                                  grad_checkpointing=args.grad_checkpointing)
+                                  grad_checkpointing=args.grad_checkpointing == "on")
     stop_ids = stop_token_ids(model, tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -757,6 +879,8 @@ def main(argv=None):
         print(f"resumed {args.out} after round {start}" + (f", now running to round {args.rounds}" if start else ""))
     elif args.resume:
         print(f"{args.out} has no checkpoint yet (killed before its first): starting it again from round 0", file=sys.stderr)
+    sampler = MergedSampler(model, torch.bfloat16 if args.device == "cuda" else torch.float32) if args.sampler == "fast" else None
+    policy = lambda: sampler.model if sampler else model  # what generate samples from: the same weights either way
 
     # the run directory: config, then metrics and samples as of the checkpoint (rows of a killed round are redone)
     metrics_path, samples_path = os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "samples.jsonl")
@@ -777,8 +901,9 @@ def main(argv=None):
 
     def run_eval(round_):
         from tqdm import tqdm
-        scores = evaluate(model, tokenizer, heldout, args.prompt_style, args.max_new_tokens,
-                          args.eval_samples, args.gen_batch_size, seed=args.seed + 7919 * round_)
+        scores, args.gen_batch_size = halving_on_oom(
+            lambda batch: evaluate(policy(), tokenizer, heldout, args.prompt_style, args.max_new_tokens, args.eval_samples,
+                                   batch, seed=args.seed + 7919 * round_), args.gen_batch_size, "in evaluation", "--gen-batch-size")
         tqdm.write(f"round {round_:4d} | held-out pass@1 (tau=1) {100 * scores['pass@1']:5.1f} | greedy {100 * scores['greedy']:5.1f}")
         return scores
 
@@ -797,9 +922,12 @@ def main(argv=None):
     def sample_round(round_):
         tau = tau_sample_at(round_, args.rounds, args.tau_sample, args.tau_train, args.anneal)
         prompts = [build_prompt(tokenizer, q["question"], args.prompt_style) for q in questions_for(round_)]
-        torch.manual_seed(args.seed * 100_003 + round_)  # each round's randomness is its own: exact resume
-        return tau, rollout(model, tokenizer, prompts * args.rollouts, tau, args.max_new_tokens,
-                            args.gen_batch_size, stop_ids, desc=f"round {round_} sampling")
+        def draw(batch):
+            torch.manual_seed(args.seed * 100_003 + round_)  # each round's randomness is its own: exact resume
+            return rollout(policy(), tokenizer, prompts * args.rollouts, tau, args.max_new_tokens, batch, stop_ids,
+                           desc=f"round {round_} sampling")
+        rollouts, args.gen_batch_size = halving_on_oom(draw, args.gen_batch_size, f"sampling round {round_}", "--gen-batch-size")
+        return tau, rollouts
 
     if start == 0 and args.eval_every:
         log({"round": 0, **run_eval(0)})
@@ -817,11 +945,15 @@ def main(argv=None):
         for chunk in range(args.updates_per_round):
             part = rollouts[chunk::args.updates_per_round]
             try:
-                loss, n = sept_update(model, optimizer, scheduler, part, args.tau_train, tokenizer.pad_token_id,
-                                      args.loss, args.micro_batch)
+                (loss, n), args.micro_batch_tokens = halving_on_oom(
+                    lambda budget: sept_update(model, optimizer, scheduler, part, args.tau_train, tokenizer.pad_token_id,
+                                               args.loss, budget), args.micro_batch_tokens, f"in round {round_}'s update",
+                    "--micro-batch-tokens")
             except FloatingPointError as e:
                 die(f"round {round_}: the training loss is not finite ({e}); stopped before that update, the checkpoint "
                     f"of round {last_saved} is kept: start again with a lower --lr")
+            if sampler:
+                sampler.refresh()
             losses.append(loss)
             n_tokens += n
         t2 = time.time()

@@ -92,7 +92,7 @@ BAD_INPUTS = [
     ("rounds-zero", None, ["--rounds", "0"], ["--rounds must be at least 1"]),
     ("prompts-zero", None, ["--prompts-per-round", "0"], ["--prompts-per-round must be at least 1"]),
     ("rollouts-zero", None, ["--rollouts", "0"], ["--rollouts must be at least 1"]),
-    ("micro-batch-zero", None, ["--micro-batch", "0"], ["--micro-batch must be at least 1"]),
+    ("micro-batch-tokens-zero", None, ["--micro-batch-tokens", "0"], ["--micro-batch-tokens must be at least 1"]),
     ("gen-batch-negative", None, ["--gen-batch-size", "-3"], ["--gen-batch-size must be at least 1"]),
     ("eval-every-negative", None, ["--eval-every", "-1"], ["--eval-every must be >= 0"]),
     ("device-cuda-missing", None, ["--device", "cuda"], ["--device cuda", "--device cpu"]),

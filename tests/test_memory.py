@@ -1,0 +1,135 @@
+"""Memory planning, out-of-memory recovery and the fast sampler, each against its plain reference, on CPU."""
+import pytest
+import torch
+
+import sept_mini as sm
+
+
+def rows(lengths):
+    return [{"prompt_ids": [3] * 4, "answer_ids": [5] * (n - 4)} for n in lengths]
+
+
+def test_micro_batches_respect_the_token_budget_and_keep_order():
+    data = rows([10, 12, 40, 8, 9, 100, 6])
+    groups = sm.micro_batches(data, 48)
+    assert [r for g in groups for r in g] == data  # every rollout once, in order
+    for g in groups:
+        padded = len(g) * max(len(r["prompt_ids"]) + len(r["answer_ids"]) for r in g)
+        assert padded <= 48 or len(g) == 1  # only a row longer than the budget goes over it, alone
+    assert [len(g) for g in groups] == [3, 1, 2, 1, 1] or all(len(g) >= 1 for g in groups)
+    assert sm.micro_batches(data, 10 ** 6) == [data]
+
+
+def tiny_lora(tiny_model_dir, finetune="lora"):
+    model, tok = sm.load_model(tiny_model_dir, finetune, "cpu", lora_rank=4)
+    torch.manual_seed(1)
+    with torch.no_grad():  # lora_B starts at zero; make the delta real so the tests can see it
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    return model, tok
+
+
+def test_an_update_is_the_same_whatever_the_micro_batch_budget(tiny_model_dir):
+    data = [{"prompt_ids": [4, 5, 6], "answer_ids": [7 + i % 5] * (3 + i) + [0]} for i in range(12)]
+    results = []
+    for budget in (10 ** 6, 40, 1):
+        model, _ = sm.load_model(tiny_model_dir, "full", "cpu")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        loss, _ = sm.sept_update(model, optimizer, scheduler, data, 1.0, 0, "fused", budget)
+        results.append((loss, [p.detach().clone() for p in model.parameters()]))
+    for loss, params in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-5)  # a token mean over the whole round, however split
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(params, results[0][1]))
+
+
+def fake_oom_above(limit, calls):
+    real = sm.answer_nll
+
+    def answer_nll(model, input_ids, *a, **k):
+        calls.append(input_ids.numel())
+        if input_ids.numel() > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, input_ids, *a, **k)
+    return answer_nll
+
+
+def tiny_args(model_dir, out, *extra):
+    return ["--model", model_dir, "--dataset", "toy", "--eval-dataset", "toy", "--out", str(out), "--rounds", "2",
+            "--prompts-per-round", "8", "--max-new-tokens", "10", "--eval-every", "0", "--lr", "1e-2", "--finetune", "full",
+            "--anneal", "none", *extra]
+
+
+def test_out_of_memory_in_an_update_retries_with_half_the_budget(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    reference = sm.main(tiny_args(tiny_model_dir, tmp_path / "a", "--micro-batch-tokens", "40"))
+    calls = []
+    monkeypatch.setattr(sm, "answer_nll", fake_oom_above(40, calls))
+    retried = sm.main(tiny_args(tiny_model_dir, tmp_path / "b", "--micro-batch-tokens", "1000"))
+    err = capsys.readouterr().err
+    assert "out of GPU memory in round 1's update: retrying with --micro-batch-tokens 500" in err
+    assert max(calls[-4:]) <= 40  # later micro-batches keep the budget that worked
+    for a, b in zip(reference, retried):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)  # the same update, in smaller pieces
+
+
+def test_out_of_memory_that_no_budget_fixes_stops_with_one_line(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sm, "answer_nll", fake_oom_above(0, []))
+    with pytest.raises(SystemExit) as e:
+        sm.main(tiny_args(tiny_model_dir, tmp_path / "run", "--micro-batch-tokens", "8"))
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "out of GPU memory" in last and "--micro-batch-tokens 1" in last and "--max-new-tokens" in last
+
+
+def test_out_of_memory_while_sampling_halves_the_generation_batch(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    real = sm.rollout
+
+    def rollout(model, tokenizer, prompts, tau, max_new_tokens, batch_size=64, *a, **k):
+        if batch_size > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, tokenizer, prompts, tau, max_new_tokens, batch_size, *a, **k)
+    monkeypatch.setattr(sm, "rollout", rollout)
+    got = sm.main(tiny_args(tiny_model_dir, tmp_path / "run", "--gen-batch-size", "8"))
+    assert "retrying with --gen-batch-size 4" in capsys.readouterr().err and got[-1]["round"] == 2
+
+
+def test_the_plan_resolves_every_auto_flag_and_is_printed(tiny_model_dir, tmp_path, capsys):
+    sm.main(tiny_args(tiny_model_dir, tmp_path / "run", "--finetune", "lora", "--rounds", "1"))
+    out = capsys.readouterr().out
+    assert "plan:" in out and "sampler fast" in out and "micro-batches of 16384 tokens" in out
+    assert "gradient checkpointing off" in out and "generation batches of 64" in out
+
+
+@pytest.mark.parametrize("finetune", ["lora", "qlora"])
+def test_fast_sampler_equals_the_trained_model(tiny_model_dir, toy_tokenizer, finetune):
+    model, tok = tiny_lora(tiny_model_dir, finetune)
+    sampler = sm.MergedSampler(model, torch.float32)
+    prompts = [sm.build_prompt(tok, q, "system") for q in ("47+5-3+9-7", "20+1+2+3+4", "55-5-5-5-5")]
+    model.eval()
+    ids = tok(prompts, return_tensors="pt", padding=True).input_ids
+    with torch.no_grad():
+        reference = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
+        fast = torch.log_softmax(sampler.model(input_ids=ids).logits.float(), -1)
+    assert (reference - fast).abs().max() < 1e-4
+    plain = sm.rollout(model, tok, prompts, 0.0, 12)
+    merged = sm.rollout(sampler.model, tok, prompts, 0.0, 12)
+    assert [r["answer_ids"] for r in plain] == [r["answer_ids"] for r in merged]  # greedy: identical continuations
+
+
+def test_fast_sampler_sees_the_weights_of_each_update(tiny_model_dir):
+    model, tok = tiny_lora(tiny_model_dir)
+    sampler = sm.MergedSampler(model, torch.float32)
+    ids = torch.tensor([tok.encode("47+5-3+9-7:")])
+    before = sampler.model(input_ids=ids).logits.detach().clone()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    sm.sept_update(model, optimizer, scheduler, [{"prompt_ids": [3, 4, 5], "answer_ids": [6, 7, 0]}], 1.0, 0, "fused", 100)
+    weights = [p.data_ptr() for p in sampler.model.parameters()]
+    sampler.refresh()
+    assert [p.data_ptr() for p in sampler.model.parameters()] == weights  # in place: compiled graphs stay valid
+    model.eval()
+    with torch.no_grad():
+        after, reference = sampler.model(input_ids=ids).logits, model(input_ids=ids).logits
+    assert not torch.allclose(after, before, atol=1e-4)
+    assert (torch.log_softmax(after, -1) - torch.log_softmax(reference, -1)).abs().max() < 1e-4

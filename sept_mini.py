@@ -281,7 +281,7 @@ def stop_token_ids(model, tokenizer):
 # -----------------------------------------------------------------------------
 # sampling
 
-def generation_config(tau, max_new_tokens, stop_ids, pad_id):
+def generation_config(tau, max_new_tokens, stop_ids, pad_id, static_cache=False):
     """A complete sampling config. transformers fills every None field from the model's own
     generation_config (Qwen ships top_k=20, top_p=0.8, repetition_penalty=1.05) and then from global
     defaults (top_k=50), so each knob that changes the distribution is set to its neutral value."""
@@ -291,22 +291,25 @@ def generation_config(tau, max_new_tokens, stop_ids, pad_id):
         epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
         no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, num_beams=1, num_return_sequences=1,
         suppress_tokens=[], begin_suppress_tokens=[], max_new_tokens=max_new_tokens,
-        eos_token_id=stop_ids, pad_token_id=pad_id, use_cache=True)
+        eos_token_id=stop_ids, pad_token_id=pad_id, use_cache=True,
+        # the fast sampler on CUDA: a preallocated cache, with which generate compiles the forward pass
+        cache_implementation="static" if static_cache else None)
 
 
 @torch.no_grad()
-def rollout(model, tokenizer, prompts, tau, max_new_tokens, batch_size=64, stop_ids=None, desc=None):
+def rollout(model, tokenizer, prompts, tau, max_new_tokens, batch_size=64, stop_ids=None, desc=None, static_cache=False):
     """Sample one answer per prompt at temperature tau (0 = greedy) with HF generate.
     Returns a list of {prompt_ids, answer_ids, truncated}; answer_ids end with the stop token unless
     the answer was cut at max_new_tokens."""
     stop_ids = stop_ids or stop_token_ids(model, tokenizer)
-    config = generation_config(tau, max_new_tokens, stop_ids, tokenizer.pad_token_id)
+    config = generation_config(tau, max_new_tokens, stop_ids, tokenizer.pad_token_id, static_cache)
     was_training = model.training
     model.eval()  # LoRA dropout off: we sample from the model we train, not a noisier one
     tokenizer.padding_side = "left"  # right padding would put pad tokens between prompt and answer
     out = []
     for i in progress(range(0, len(prompts), batch_size), desc, inner=True):
-        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False,
+                        pad_to_multiple_of=64 if static_cache else None)  # few prompt lengths: few compiled shapes
         enc = enc.to(model.device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -484,14 +487,15 @@ def sept_update(model, optimizer, scheduler, rollouts, tau_train, pad_id, loss_i
 # -----------------------------------------------------------------------------
 # evaluation inside the loop (eval_math.py does the full protocol)
 
-def evaluate(model, tokenizer, questions, style, max_new_tokens, samples, batch_size, seed):
+def evaluate(model, tokenizer, questions, style, max_new_tokens, samples, batch_size, seed, static_cache=False):
     """Held-out pass@1 at tau = 1 (mean over `samples` draws per question) and greedy accuracy."""
     import grading
     prompts = [build_prompt(tokenizer, q["question"], style) for q in questions]
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(seed)  # evaluation neither uses nor disturbs the training run's randomness
-        greedy = rollout(model, tokenizer, prompts, 0.0, max_new_tokens, batch_size, desc="eval greedy")
-        sampled = rollout(model, tokenizer, prompts * samples, 1.0, max_new_tokens, batch_size, desc="eval tau=1")
+        greedy = rollout(model, tokenizer, prompts, 0.0, max_new_tokens, batch_size, desc="eval greedy", static_cache=static_cache)
+        sampled = rollout(model, tokenizer, prompts * samples, 1.0, max_new_tokens, batch_size, desc="eval tau=1",
+                          static_cache=static_cache)
     right = lambda rs, qs: [grading.grade(tokenizer.decode(r["answer_ids"], skip_special_tokens=True), q["answer"])
                             for r, q in zip(rs, qs)]
     return {"pass@1": sum(right(sampled, questions * samples)) / len(sampled),
@@ -881,6 +885,7 @@ def main(argv=None):
         print(f"{args.out} has no checkpoint yet (killed before its first): starting it again from round 0", file=sys.stderr)
     sampler = MergedSampler(model, torch.bfloat16 if args.device == "cuda" else torch.float32) if args.sampler == "fast" else None
     policy = lambda: sampler.model if sampler else model  # what generate samples from: the same weights either way
+    static_cache = sampler is not None and args.device == "cuda"
 
     # the run directory: config, then metrics and samples as of the checkpoint (rows of a killed round are redone)
     metrics_path, samples_path = os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "samples.jsonl")
@@ -903,7 +908,8 @@ def main(argv=None):
         from tqdm import tqdm
         scores, args.gen_batch_size = halving_on_oom(
             lambda batch: evaluate(policy(), tokenizer, heldout, args.prompt_style, args.max_new_tokens, args.eval_samples,
-                                   batch, seed=args.seed + 7919 * round_), args.gen_batch_size, "in evaluation", "--gen-batch-size")
+                                   batch, seed=args.seed + 7919 * round_, static_cache=static_cache),
+            args.gen_batch_size, "in evaluation", "--gen-batch-size")
         tqdm.write(f"round {round_:4d} | held-out pass@1 (tau=1) {100 * scores['pass@1']:5.1f} | greedy {100 * scores['greedy']:5.1f}")
         return scores
 
@@ -925,7 +931,7 @@ def main(argv=None):
         def draw(batch):
             torch.manual_seed(args.seed * 100_003 + round_)  # each round's randomness is its own: exact resume
             return rollout(policy(), tokenizer, prompts * args.rollouts, tau, args.max_new_tokens, batch, stop_ids,
-                           desc=f"round {round_} sampling")
+                           desc=f"round {round_} sampling", static_cache=static_cache)
         rollouts, args.gen_batch_size = halving_on_oom(draw, args.gen_batch_size, f"sampling round {round_}", "--gen-batch-size")
         return tau, rollouts
 
@@ -966,7 +972,7 @@ def main(argv=None):
                "lr": scheduler.get_last_lr()[0], "answer_len": answer_tokens / len(rollouts),
                "truncated": sum(r["truncated"] for r in rollouts) / len(rollouts),
                "gen_tokens_per_s": answer_tokens / max(t1 - t0, 1e-9) if not args.offline else None,
-               "train_tokens_per_s": n_tokens / max(t2 - t1, 1e-9)}
+               "train_tokens_per_s": n_tokens / max(t2 - t1, 1e-9), "round_s": t2 - t0}
         if args.device == "cuda":
             row["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
         if args.eval_every and (round_ % args.eval_every == 0 or round_ == args.rounds):

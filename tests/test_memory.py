@@ -133,3 +133,13 @@ def test_fast_sampler_sees_the_weights_of_each_update(tiny_model_dir):
         after, reference = sampler.model(input_ids=ids).logits, model(input_ids=ids).logits
     assert not torch.allclose(after, before, atol=1e-4)
     assert (torch.log_softmax(after, -1) - torch.log_softmax(reference, -1)).abs().max() < 1e-4
+
+
+def test_static_cache_with_padded_prompts_gives_the_same_greedy_answers(tiny_model_dir):
+    """The fast sampler's CUDA setting (static cache, prompts left-padded to a multiple of 64) changes nothing."""
+    model, tok = sm.load_model(tiny_model_dir, "full", "cpu")
+    prompts = [sm.build_prompt(tok, q, "system") for q in ("47+5-3+9-7", "20+1+2+3+4", "5")]
+    dynamic = sm.rollout(model, tok, prompts, 0.0, 12)
+    static = sm.rollout(model, tok, prompts, 0.0, 12, static_cache=True)
+    assert [r["answer_ids"] for r in static] == [r["answer_ids"] for r in dynamic]
+    assert [r["prompt_ids"] for r in static] == [r["prompt_ids"] for r in dynamic]  # padding never enters the data

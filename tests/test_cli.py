@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import sept_mini as sm
+from conftest import comparable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,7 +154,7 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one_identically(t
     capsys.readouterr()
     resumed = sm.main(["--out", str(tmp_path / "b"), "--resume"])
     assert "resuming from ckpt.prev.pt (round 3)" in capsys.readouterr().err
-    strip = lambda rows: [{k: v for k, v in r.items() if "per_s" not in k} for r in rows]
+    strip = comparable
     assert strip(resumed) == strip(full)
     assert strip(json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")) == strip(full)
 
@@ -173,7 +174,7 @@ def test_resume_with_more_rounds_extends_a_finished_run_exactly(tiny_model_dir, 
     straight = sm.main(tiny_args(tiny_model_dir, tmp_path / "a", "--rounds", "4", "--anneal", "none"))
     sm.main(tiny_args(tiny_model_dir, tmp_path / "b", "--rounds", "2", "--anneal", "none"))
     extended = sm.main(["--out", str(tmp_path / "b"), "--resume", "--rounds", "4"])
-    strip = lambda rows: [{k: v for k, v in r.items() if "per_s" not in k} for r in rows]
+    strip = comparable
     assert strip(extended) == strip(straight)  # constant tau_sample: extending equals having asked for 4
     assert json.load(open(tmp_path / "b" / "config.json"))["args"]["rounds"] == 4
 

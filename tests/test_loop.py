@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import sept_mini as sm
-from conftest import BENCHMARKS
+from conftest import BENCHMARKS, comparable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,11 +23,6 @@ def weights(path):
     from safetensors.torch import load_file
     files = [f for f in os.listdir(path) if f.endswith(".safetensors")]
     return {k: v for f in files for k, v in load_file(os.path.join(path, f)).items()}
-
-
-def is_timing_or_memory(key):
-    """Speeds and peak memory differ between any two runs; everything else in a row must be equal."""
-    return key.endswith("_per_s") or key.startswith("peak_")
 
 
 def test_one_round_changes_the_weights_full(tiny_model_dir, tmp_path):
@@ -95,7 +90,7 @@ def test_resume_after_a_kill_reproduces_the_next_rounds_exactly(tiny_model_dir, 
         sm.main(tiny_args(tiny_model_dir, tmp_path / "b", *args))
     monkeypatch.setattr(sm, "sept_update", real_update)
     resumed = sm.main(["--out", str(tmp_path / "b"), "--resume"])
-    strip = lambda rows: [{k: v for k, v in r.items() if not is_timing_or_memory(k)} for r in rows]
+    strip = comparable  # speeds and peak memory differ between any two runs; everything else must be equal
     assert strip(resumed) == strip(full)
     on_disk = [json.loads(l) for l in open(tmp_path / "b" / "metrics.jsonl")]
     assert [r["round"] for r in on_disk] == [0, 1, 2, 3, 4]  # no duplicate rows from the killed round

@@ -1,0 +1,89 @@
+"""A run killed with SIGKILL at a random moment, during sampling, training or a checkpoint write, and then
+resumed with --resume, ends with exactly the metrics of a run that was never interrupted."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import comparable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROUNDS = 6
+
+# A child process that runs sept_mini.py and SIGKILLs itself at the n-th call of one function: no Python
+# cleanup, no finally blocks, no flushed buffers; the same death as an out-of-memory kill or a pulled plug.
+CHILD = r"""
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import sept_mini as sm
+where, n = sys.argv[2], int(sys.argv[3])
+calls = {"n": 0}
+def die_at_nth(fn, before=True):
+    def wrapped(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n and before:
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = fn(*a, **k)
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    return wrapped
+if where == "sampling":                  # inside generate, round n
+    sm.rollout = die_at_nth(sm.rollout)
+elif where == "training":                # after the n-th micro-batch's forward, before its update is done
+    sm.answer_nll = die_at_nth(sm.answer_nll, before=False)
+elif where == "checkpoint-file-written": # the new checkpoint is on disk as ckpt.pt.tmp, not yet renamed
+    real_save = sm.torch.save
+    sm.torch.save = die_at_nth(real_save, before=False)
+elif where == "between-renames":         # ckpt.pt already moved to ckpt.prev.pt, the new one not yet in place
+    real_replace = os.replace
+    def replace(src, dst):
+        real_replace(src, dst)
+        if dst.endswith("ckpt.prev.pt"):
+            calls["n"] += 1
+            if calls["n"] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+    sm.os.replace = replace
+sm.main(sys.argv[4:])
+"""
+
+
+def run_args(model_dir, out):
+    return ["--model", model_dir, "--dataset", "toy", "--eval-dataset", "toy", "--out", str(out), "--rounds", str(ROUNDS),
+            "--prompts-per-round", "6", "--max-new-tokens", "12", "--eval-every", "2", "--eval-size", "6",
+            "--save-every", "1", "--lr", "1e-2", "--finetune", "full", "--micro-batch-tokens", "40"]
+
+
+def cli(*argv, kill=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-c", CHILD, ROOT, *kill] if kill else [sys.executable, os.path.join(ROOT, "sept_mini.py")]
+    return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert cli(*run_args(tiny_model_dir, out)).returncode == 0
+    return [json.loads(line) for line in open(out / "metrics.jsonl")]
+
+
+rng = random.Random(2026)  # random moments, the same on every machine
+MOMENTS = [("sampling", rng.randint(2, ROUNDS)), ("training", rng.randint(3, 3 * ROUNDS)),
+           ("checkpoint-file-written", rng.randint(1, ROUNDS - 1)), ("between-renames", rng.randint(1, ROUNDS - 2))]
+
+
+@pytest.mark.parametrize("where, nth", MOMENTS, ids=[f"{w}-{n}" for w, n in MOMENTS])
+def test_sigkill_then_resume_gives_the_uninterrupted_metrics(where, nth, uninterrupted, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    killed = cli(*run_args(tiny_model_dir, out), kill=[where, str(nth)])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not os.path.exists(out / "final")  # it really died mid-run
+    resumed = cli("--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["round"] for r in final] == list(range(ROUNDS + 1))
+    assert comparable(final) == comparable(uninterrupted)

@@ -4,7 +4,7 @@
     python bench_loss.py --tokens 1024       # smaller, quicker
 
 Each variant runs forward + backward in its own process, so one variant's freed memory cannot hide
-the other's peak. CPU peak = the process's peak RSS (VmHWM, reset just before the call) minus its RSS before it;
+the other's peak. Rows: CPU in fp32; CUDA in fp32 (cuda_* keys) and bf16 (cuda_bf16_* keys). CPU peak = the process's peak RSS (VmHWM, reset just before the call) minus its RSS before it;
 CUDA peak = torch.cuda.max_memory_allocated minus the memory held before the call. Two settings:
 'trained W' (full fine-tuning: the output weight gets a gradient) and 'frozen W' (LoRA/QLoRA). The
 LAST line is one JSON object; mem_ratio and time_ratio are fused / naive on CPU with trained W.
@@ -42,13 +42,14 @@ def reset_peak_rss():
         f.write("5")
 
 
-def measure(variant, device, tokens, hidden_size, vocab, train_weight, repeats):
+def measure(variant, device, dtype, tokens, hidden_size, vocab, train_weight, repeats):
     """Runs in a child process: returns {'ms': median fwd+bwd time, 'peak_mb': extra memory of the call}."""
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     fn = {"naive": naive, "fused": fused}[variant]
-    weight = torch.randn(vocab, hidden_size, device=device).mul_(0.02).requires_grad_(train_weight)
-    hidden = torch.randn(tokens, hidden_size, device=device, requires_grad=True)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    weight = torch.randn(vocab, hidden_size, device=device).mul_(0.02).to(dtype).requires_grad_(train_weight)
+    hidden = torch.randn(tokens, hidden_size, device=device, dtype=dtype, requires_grad=True)
     targets = torch.randint(0, vocab, (tokens,), device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times = []
@@ -81,35 +82,36 @@ def main():
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        variant, device, train = args.child.split(":")
-        print(json.dumps(measure(variant, device, args.tokens, args.hidden, args.vocab, train == "1", args.repeats)))
+        variant, device, dtype, train = args.child.split(":")
+        print(json.dumps(measure(variant, device, dtype, args.tokens, args.hidden, args.vocab, train == "1", args.repeats)))
         return
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    # CPU in fp32; CUDA in fp32 (the keys of earlier versions) and in bf16, the dtype QLoRA/LoRA train in there
+    devices = [("cpu", "fp32")] + ([("cuda", "fp32"), ("cuda", "bf16")] if torch.cuda.is_available() else [])
     results = {}
-    print(f"tau-scaled NLL, forward+backward, N={args.tokens} tokens, H={args.hidden}, V={args.vocab}, fp32")
-    print(f"{'device':<7}{'output W':<10}{'loss':<7}{'time ms':>10}{'peak MiB':>11}")
-    for device in devices:
+    print(f"tau-scaled NLL, forward+backward, N={args.tokens} tokens, H={args.hidden}, V={args.vocab}")
+    print(f"{'device':<7}{'dtype':<6}{'output W':<10}{'loss':<7}{'time ms':>10}{'peak MiB':>11}")
+    for device, dtype in devices:
         for train in ("1", "0"):
             for variant in ("naive", "fused"):
-                cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{variant}:{device}:{train}",
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{variant}:{device}:{dtype}:{train}",
                        "--tokens", str(args.tokens), "--hidden", str(args.hidden), "--vocab", str(args.vocab),
                        "--repeats", str(args.repeats)]
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
                 if out.returncode != 0:
-                    sys.exit(f"bench_loss.py: {variant} on {device} failed: {out.stderr.strip().splitlines()[-1]}")
+                    sys.exit(f"bench_loss.py: {variant} on {device} ({dtype}) failed: {out.stderr.strip().splitlines()[-1]}")
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                results[(device, train, variant)] = r
-                print(f"{device:<7}{'trained' if train == '1' else 'frozen':<10}{variant:<7}{r['ms']:>10.0f}{r['peak_mb']:>11.0f}")
+                results[(device, dtype, train, variant)] = r
+                print(f"{device:<7}{dtype:<6}{'trained' if train == '1' else 'frozen':<10}{variant:<7}{r['ms']:>10.1f}{r['peak_mb']:>11.0f}")
     summary = {}
-    for device in devices:
+    for device, dtype in devices:
         for train, tag in (("1", ""), ("0", "_frozen_w")):
-            n, f = results[(device, train, "naive")], results[(device, train, "fused")]
-            prefix = "" if device == "cpu" else "cuda_"
+            n, f = results[(device, dtype, train, "naive")], results[(device, dtype, train, "fused")]
+            prefix = {"cpu": "", "cuda": "cuda_"}[device] + ("bf16_" if dtype == "bf16" else "")
             summary[f"{prefix}mem_ratio{tag}"] = round(f["peak_mb"] / n["peak_mb"], 4)
             summary[f"{prefix}time_ratio{tag}"] = round(f["ms"] / n["ms"], 4)
     summary.update(tokens=args.tokens, hidden=args.hidden, vocab=args.vocab,
-                   naive_peak_mb=round(results[("cpu", "1", "naive")]["peak_mb"]),
-                   fused_peak_mb=round(results[("cpu", "1", "fused")]["peak_mb"]))
+                   naive_peak_mb=round(results[("cpu", "fp32", "1", "naive")]["peak_mb"]),
+                   fused_peak_mb=round(results[("cpu", "fp32", "1", "fused")]["peak_mb"]))
     print(json.dumps(summary))
 
 

@@ -1,0 +1,27 @@
+"""The benchmark scripts run on CPU at tiny sizes and end with the JSON line their docstrings promise."""
+import json
+import os
+import subprocess
+import sys
+
+import bench_round
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_loss_prints_rows_and_a_json_line_with_the_ratios():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench_loss.py"), "--tokens", "64", "--hidden", "32",
+                          "--vocab", "1000", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"mem_ratio", "time_ratio", "mem_ratio_frozen_w", "time_ratio_frozen_w"} <= set(summary)
+    assert out.stdout.count("cpu    fp32") == 4  # trained/frozen x naive/fused
+
+
+def test_bench_round_compares_the_samplers_and_ends_with_json(capsys):
+    line = bench_round.main(["--rounds", "2", "--max-new-tokens", "16", "--eval-size", "4"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == json.loads(json.dumps(line))
+    for sampler in ("fast", "plain"):
+        assert {"gen_tokens_per_s", "train_tokens_per_s", "round_s"} <= set(line[sampler])
+    assert line["gen_speedup"] > 0 and line["shape"] == "tiny"

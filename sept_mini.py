@@ -336,7 +336,11 @@ def progress(iterable, desc, total=None, initial=0, inner=False):
     if desc is None or (inner and not sys.stderr.isatty()):
         return iterable
     if "ipykernel" in sys.modules or sys.stderr.isatty():
-        from tqdm.auto import tqdm
+        try:  # tqdm.auto: widget bars in Jupyter; they need ipywidgets, without which tqdm.auto warns and falls back
+            import ipywidgets  # noqa: F401
+            from tqdm.auto import tqdm
+        except ImportError:
+            from tqdm import tqdm
         return tqdm(iterable, desc=desc, total=total, initial=initial, leave=not inner)
     return _plain_progress(iterable, desc, total, initial)
 

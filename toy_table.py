@@ -3,7 +3,7 @@ run on the toy world, and each seed builds its own toy base model, so the spread
 
     python toy_table.py                               # 5 arms x 5 seeds, 150 rounds each: ~50 min on 2 CPU cores
     python toy_table.py --seeds 0,1 --arms online,coupled
-    python toy_table.py --fast                        # a smoke test (1 seed, 10 rounds); its numbers mean nothing
+    python toy_table.py --fast                        # a smoke test (1 seed, 10 rounds of 32 questions); its numbers mean nothing
 
 Writes OUT/table.md (the table, the command and its wall time) and OUT/table.json (per arm: every seed's
 round-0 and final held-out scores and its curve), and one run folder per arm and seed (OUT/ARM-sSEED).
@@ -12,6 +12,7 @@ It ends by checking the claims the README makes: that SePT gains on every seed, 
 inverted temperatures do not, and that online beats offline.
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -27,15 +28,22 @@ ARMS = {  # name -> the sept_mini.py flags that make it (the rest are the toy de
     "inverted": ["--tau-sample", "1.3", "--anneal", "none"],  # tau_s > tau_t: trains the model flatter
     "paper-anneal": ["--anneal", "paper"],                  # tau_s 0.6 -> 1 over 2/3 of the rounds, then coupled
 }
-FAST = ["--rounds", "10", "--eval-every", "5", "--eval-size", "64"]
+FAST = ["--rounds", "10", "--prompts-per-round", "32", "--eval-every", "5", "--eval-size", "32"]
 
 
 def run(arm, seed, out, extra):
-    """One run's metrics rows; reuses or resumes what is already in its folder."""
+    """One run's metrics rows; reuses or resumes what is already in its folder. The run's own output goes to
+    OUT/ARM-sSEED.log, so 25 runs read as 25 lines."""
     run_dir = os.path.join(out, f"{arm}-s{seed}")
-    if os.path.isfile(os.path.join(run_dir, "config.json")):
-        return sm.main(["--out", run_dir, "--resume"])
-    return sm.main([*ARMS[arm], "--seed", str(seed), "--out", run_dir, *extra])
+    argv = (["--out", run_dir, "--resume"] if os.path.isfile(os.path.join(run_dir, "config.json"))
+            else [*ARMS[arm], "--seed", str(seed), "--out", run_dir, *extra])
+    os.makedirs(out, exist_ok=True)
+    log_path = run_dir + ".log"
+    try:
+        with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            return sm.main(argv)
+    except SystemExit:
+        sm.die(f"the {arm} run of seed {seed} stopped: {open(log_path).read().strip().splitlines()[-1]}")
 
 
 def summarise(rows):
@@ -89,7 +97,7 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds; each builds its own toy base (default: 0,1,2,3,4)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated arms among {', '.join(ARMS)} (default: all)")
     p.add_argument("--out", default="runs/toy_table", help="folder for the runs and the table (default: runs/toy_table)")
-    p.add_argument("--fast", action="store_true", help="smoke test: seed 0 only, 10 rounds, 64 held-out questions (default: off)")
+    p.add_argument("--fast", action="store_true", help="smoke test: seed 0 only, 10 rounds of 32 questions, 32 held-out questions (default: off)")
     args = p.parse_args(argv)
     arms = args.arms.split(",")
     if any(a not in ARMS for a in arms):
@@ -101,7 +109,11 @@ def main(argv=None):
     command = "python toy_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     t0 = time.time()
-    table = {arm: {seed: summarise(run(arm, seed, args.out, FAST if args.fast else [])) for seed in seeds} for arm in arms}
+    table = {arm: {} for arm in arms}
+    for arm, seed in sm.progress([(a, s) for a in arms for s in seeds], "toy table runs"):
+        result = table[arm][seed] = summarise(run(arm, seed, args.out, FAST if args.fast else []))
+        print(f"{arm:>13} seed {seed}: pass@1 {result['pass@1_start']:5.1f} -> {result['pass@1_end']:5.1f} "
+              f"({result['pass@1_gain']:+5.1f}), greedy {result['greedy_start']:5.1f} -> {result['greedy_end']:5.1f}", flush=True)
     wall_s = time.time() - t0
     text = markdown(table, command.strip(), wall_s)
     os.makedirs(args.out, exist_ok=True)

@@ -24,7 +24,6 @@ def test_committed_notebook_has_cell_ids_stored_figures_and_no_errors():
 def test_notebook_runs_end_to_end_in_the_fast_setting(monkeypatch):
     from nbclient import NotebookClient
     monkeypatch.setenv("SEPT_FAST", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": NOTEBOOKS}}).execute()
     assert not any(o.get("output_type") == "error" for o in outputs(nb))

@@ -1,7 +1,7 @@
 """toy_table.py: the paper's Table 5 in miniature, with its spread. Every arm x seed is one sept_mini.py
 run on the toy world, and each seed builds its own toy base model, so the spread covers the base too.
 
-    python toy_table.py                               # 5 arms x 5 seeds, 150 rounds each: ~50 min on 2 CPU cores
+    python toy_table.py                               # 5 arms x 5 seeds, 150 rounds each: about an hour on 2 CPU cores
     python toy_table.py --seeds 0,1 --arms online,coupled
     python toy_table.py --fast                        # a smoke test (1 seed, 10 rounds of 32 questions); its numbers mean nothing
 

@@ -19,7 +19,7 @@ low-temperature samples are wrong about half the time and SePT reinforces the er
 
 Everything is deterministic given the seed on one machine (another CPU kind or thread count takes other
 float paths and builds a slightly different base, which is why results are quoted over several seeds).
-The build takes about a minute on 2 CPU cores and is cached under --cache-dir (default
+The build takes about 100 s on 2 CPU cores and is cached under --cache-dir (default
 $XDG_CACHE_HOME/sept-mini, i.e. ~/.cache/sept-mini); a partial or corrupt cache is rebuilt.
 """
 import argparse
@@ -195,7 +195,7 @@ def load_or_build(cache_dir=None, seed=0, steps=PRETRAIN_STEPS, rebuild=False, l
     path = cache_path(cache_dir, seed)
     if not rebuild and is_complete(path):
         return path
-    log(f"building the toy base model in {path} (once; about a minute on 2 CPU cores)")
+    log(f"building the toy base model in {path} (once; about two minutes on 2 CPU cores)")
     t0 = time.time()
     tokenizer = build_tokenizer()
     model = pretrain(build_model(tokenizer, seed=seed), tokenizer, steps, seed=seed, log=log)

@@ -1,7 +1,6 @@
 """eval_math.py: the unbiased pass@k estimator, the report, --regrade, and bad input."""
 import itertools
 import json
-import os
 from fractions import Fraction
 
 import pytest

@@ -1,8 +1,6 @@
 """The SePT loop end to end on a tiny model: updates, LoRA/QLoRA, resume, and bad input."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch

@@ -2,7 +2,6 @@
 import os
 
 import nbformat
-import pytest
 
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
 NOTEBOOK = os.path.join(NOTEBOOKS, "sept_walkthrough.ipynb")

@@ -2,7 +2,6 @@
 import torch
 
 import sept_mini as sm
-import toy_world
 from conftest import tiny_qwen
 
 

@@ -17,6 +17,7 @@ loop (main). Outputs land in --out: config.json, metrics.jsonl, samples.jsonl (t
 round, special tokens included), ckpt.pt, final/ (model or adapter).
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -159,6 +160,18 @@ def check_hub_reachable(repo_id, kind, instead):
         die(f"cannot reach {host} to fetch {kind} '{repo_id}' (no internet?): pass {instead}")
 
 
+def round_questions(pool, round_, per_round, seed):
+    """Round `round_`'s questions (1-based): consecutive slices of a seeded shuffle of the pool, epoch after
+    epoch, so every question is seen once per epoch. Under torchrun each rank takes rank_share() of them."""
+    picked, orders = [], {}
+    for k in range((round_ - 1) * per_round, round_ * per_round):
+        epoch, i = divmod(k, len(pool))
+        if epoch not in orders:
+            orders[epoch] = random.Random(seed * 1000 + epoch).sample(range(len(pool)), len(pool))
+        picked.append(pool[orders[epoch][i]])
+    return picked
+
+
 def build_prompt(tokenizer, question, style):
     """The prompt template, in one place. 'system': the paper's reasoning sentence as the system
     message (Qwen base and Qwen-Math models); 'user': the model's own system prompt, the sentence
@@ -234,13 +247,13 @@ def load_model(path, finetune, device, lora_rank=16, lora_dropout=0.05, grad_che
         if finetune == "qlora":
             from transformers import BitsAndBytesConfig
             skip, unfit = layers_kept_out_of_4bit(path)
-            if unfit:
+            if unfit and ddp_rank() == 0:
                 print(f"note: {len(unfit)} linear layers have in_features not a multiple of 64 (e.g. {unfit[0][0]}, "
                       f"{unfit[0][1]}): kept out of 4-bit, trained with LoRA on full-precision weights", file=sys.stderr)
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=kwargs["dtype"], llm_int8_skip_modules=skip if unfit else None)
-            kwargs["device_map"] = {"": device}
+            kwargs["device_map"] = {"": torch.cuda.current_device() if device == "cuda" else device}  # this rank's GPU
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:
         die(f"could not load model '{path}' ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}): "
@@ -333,7 +346,7 @@ def progress(iterable, desc, total=None, initial=0, inner=False):
     the outer loops only (an inner bar per generate call would add an output each); in a log file
     (stderr redirected) plain lines at most every 30 s, with no escape codes and no inner bars."""
     total = len(iterable) if total is None else total
-    if desc is None or (inner and not sys.stderr.isatty()):
+    if desc is None or (inner and not sys.stderr.isatty()) or ddp_rank() != 0:  # under torchrun, rank 0 reports
         return iterable
     if "ipykernel" in sys.modules or sys.stderr.isatty():
         try:  # tqdm.auto: widget bars in Jupyter; they need ipywidgets, without which tqdm.auto warns and falls back
@@ -468,19 +481,28 @@ def micro_batches(rollouts, max_tokens):
     return groups + [current] if current else groups
 
 
-def sept_update(model, optimizer, scheduler, rollouts, tau_train, pad_id, loss_impl, micro_batch_tokens, clip=1.0):
+def sept_update(model, optimizer, scheduler, rollouts, tau_train, pad_id, loss_impl, micro_batch_tokens, clip=1.0, ddp=None):
     """One optimizer update of SFT at tau_train on these rollouts: token mean over all their answer
-    tokens, accumulated over micro-batches. Returns (loss, tokens processed)."""
+    tokens, accumulated over micro-batches. Under torchrun each rank passes its own rollouts and `ddp`
+    (the model wrapped by wrap_ddp): the mean is then over every rank's answer tokens, so the update
+    equals a single process's on the union. Returns (loss, tokens processed here)."""
     model.train()
     optimizer.zero_grad(set_to_none=True)  # a retry after out-of-memory starts clean
-    n_answer = sum(len(r["answer_ids"]) for r in rollouts)
+    n_answer = global_sum(sum(len(r["answer_ids"]) for r in rollouts))  # all ranks' answer tokens
+    scale = (ddp_world() if ddp else 1) / max(1, n_answer)  # DDP averages gradients over ranks: undo it, sum
+    forward = ddp or (lambda *batch: answer_nll(model, *batch))
+    groups = micro_batches(rollouts, micro_batch_tokens)
     total, n_tokens = 0.0, 0
-    for group in micro_batches(rollouts, micro_batch_tokens):
+    for i, group in enumerate(groups):
         input_ids, attention_mask, labels = (x.to(model.device) for x in training_batch(group, pad_id))
-        nll, _ = answer_nll(model, input_ids, attention_mask, labels, tau_train, loss_impl)
-        (nll / max(1, n_answer)).backward()
+        # under DDP gradients are averaged once per update, in the last micro-batch's backward; ranks may
+        # have different numbers of micro-batches (their answers differ in length)
+        with ddp.no_sync() if ddp and i < len(groups) - 1 else contextlib.nullcontext():
+            nll, _ = forward(input_ids, attention_mask, labels, tau_train, loss_impl)
+            (nll * scale).backward()
         total += nll.item()
         n_tokens += int(attention_mask.sum())
+    total = global_sum(total)
     if not math.isfinite(total):  # a step on inf/nan gradients would destroy the weights: refuse it
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError(f"loss {total / max(1, n_answer)}")
@@ -547,16 +569,20 @@ def plan_memory(args, model_path):
             f"{merged_gb if args.sampler == 'fast' else 0:.1f} GB + KV cache {kv_gb:.1f} GB, budget {budget:.1f} GB" if cuda else ""))
 
 
-def halving_on_oom(run, size, what, flag):
+def halving_on_oom(run, size, what, flag, retry=True):
     """run(size), and on CUDA out-of-memory run(size // 2), ... down to 1, each retry said in one line.
     Returns (result, the size that worked); stops with one line when even 1 does not fit (no checkpoint is
-    written mid-round, so the last one is intact)."""
+    written mid-round, so the last one is intact). retry=False (a step with collectives under torchrun,
+    where one rank cannot redo it alone) stops at the first out-of-memory."""
     while True:
         try:
             return run(size), size
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            if not retry:
+                die(f"out of GPU memory {what} with {flag} {size} (under torchrun a rank cannot retry alone): pass "
+                    f"{flag} {max(1, size // 2)} with --resume; the last checkpoint is intact")
             if size <= 1:
                 die(f"out of GPU memory {what} even with {flag} 1: lower --max-new-tokens, or use --finetune qlora "
                     "or --sampler plain; the last checkpoint is intact, continue with --resume")
@@ -599,6 +625,95 @@ def dense_weight(layer):
         return layer.weight
     import bitsandbytes.functional as bnbf
     return bnbf.dequantize_4bit(layer.weight.data, quant_state)
+
+
+# -----------------------------------------------------------------------------
+# data parallel under torchrun: each rank samples and trains on its share of every round, DDP averages the
+# gradients. A plain `python sept_mini.py` never enters this section (world size 1, no process group).
+
+def ddp_rank():
+    import torch.distributed as dist
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def ddp_world():
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init_distributed(device):
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) with one device per rank. No-op alone."""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return
+    import torch.distributed as dist
+    if device == "cuda":
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if local_rank >= torch.cuda.device_count():
+            die(f"torchrun started more processes per node than this node has GPUs ({torch.cuda.device_count()}): "
+                "lower --nproc-per-node")
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    dist.barrier()  # every rank has checked its input before rank 0 writes anything
+
+
+def rank_share(items, rank=None, world=None):
+    """This rank's share of a list: every world-th item from its rank on. Disjoint, and together in order
+    they are the list a single process would use."""
+    rank, world = ddp_rank() if rank is None else rank, ddp_world() if world is None else world
+    return items[rank::world]
+
+
+def global_sum(value):
+    """The sum of a number over all ranks (the number itself in a single process)."""
+    if ddp_world() == 1:
+        return value
+    import torch.distributed as dist
+    t = torch.tensor(float(value), dtype=torch.float64,
+                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return type(value)(t.item())
+
+
+def gather_objects(obj):
+    """A list with every rank's obj, by rank ([obj] in a single process)."""
+    if ddp_world() == 1:
+        return [obj]
+    import torch.distributed as dist
+    out = [None] * ddp_world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@contextlib.contextmanager
+def rank_zero_first():
+    """Rank 0 runs the block first (it may build the toy base or fill a download cache), then the others."""
+    import torch.distributed as dist
+    if dist.is_initialized() and dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if dist.is_initialized() and dist.get_rank() == 0:
+        dist.barrier()
+
+
+class AnswerLoss(torch.nn.Module):
+    """The training forward as one module for DDP to wrap: the fused loss calls the decoder and the output
+    layer directly, past model.forward, where DDP would not see it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels, tau_train, loss_impl):
+        return answer_nll(self.model, input_ids, attention_mask, labels, tau_train, loss_impl)
+
+
+def wrap_ddp(model):
+    """The model for sept_update under torchrun (None alone). Rank 0's trainable weights are broadcast at the
+    start; from then on every rank applies the same averaged gradient, so the weights stay equal."""
+    if ddp_world() == 1:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(AnswerLoss(model), device_ids=[torch.cuda.current_device()] if model.device.type == "cuda" else None)
 
 
 # -----------------------------------------------------------------------------
@@ -762,7 +877,8 @@ def parse_args(argv=None):
 
 
 def resumed_args(parser, args, given):
-    """--resume: the saved settings of the run in --out; only --rounds may change (extending it)."""
+    """--resume: the saved settings of the run in --out. Only --rounds (extending it) and the memory knobs
+    (--micro-batch-tokens, --gen-batch-size: how the same computation is split) may change."""
     path = os.path.join(args.out, "config.json")
     if not os.path.isfile(path):
         die(f"--resume: no run to resume in {args.out} (no config.json): start it without --resume")
@@ -772,9 +888,11 @@ def resumed_args(parser, args, given):
         assert isinstance(saved, dict) and isinstance(saved.get("rounds"), int)
     except Exception as e:
         die(f"--resume: {path} is unreadable ({type(e).__name__}): the run cannot be resumed; start it again with --overwrite")
-    changed = sorted(given - {"out", "resume", "rounds"})
+    memory_knobs = {"micro_batch_tokens", "gen_batch_size"}
+    changed = sorted(given - {"out", "resume", "rounds"} - memory_knobs)
     if changed:
-        die(f"--resume continues {args.out} with its saved settings; only --rounds can change "
+        die(f"--resume continues {args.out} with its saved settings; only --rounds, --micro-batch-tokens and "
+            "--gen-batch-size can change "
             f"(drop --{changed[0].replace('_', '-')}, or start a new run in another --out)")
     defaults = vars(parser.parse_args([]))
     resumed = argparse.Namespace(**{**defaults, **{k: v for k, v in saved.items() if k in defaults},
@@ -784,6 +902,8 @@ def resumed_args(parser, args, given):
             die("--resume --rounds: an --offline run cannot be extended (its data was all sampled from the initial "
                 "model up front): start a new run with the --rounds you want")
         resumed.rounds = args.rounds
+    for name in memory_knobs & given:
+        setattr(resumed, name, getattr(args, name))
     return resumed
 
 
@@ -840,7 +960,7 @@ def validate(args):
     args.max_new_tokens = (48 if toy else 1024) if args.max_new_tokens is None else args.max_new_tokens
     if args.prompt_style == "auto":
         args.prompt_style = "user" if "instruct" in args.model.lower() else "system"
-    if args.tau_sample >= args.tau_train and not args.resume:
+    if args.tau_sample >= args.tau_train and not args.resume and ddp_rank() == 0:
         kind = "coupled (equal)" if args.tau_sample == args.tau_train else "inverted (tau_sample > tau_train)"
         print(f"warning: temperatures are {kind}: the theory predicts "
               f"{'no expected learning signal' if args.tau_sample == args.tau_train else 'a flatter, worse model'}", file=sys.stderr)
@@ -866,16 +986,26 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     if args.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(os.cpu_count() or 1)
+    init_distributed(args.device)  # under torchrun: this process is one rank of ddp_world()
+    rank, world = ddp_rank(), ddp_world()
+    main_rank = rank == 0  # writes the run directory and reports; every rank samples and trains its share
+    rank_seed = 1_000_003 * rank  # each rank draws its own samples; rank 0 draws what a single process would
+    if world > 1 and args.prompts_per_round // world * args.rollouts < args.updates_per_round:
+        die(f"--prompts-per-round {args.prompts_per_round} split over {world} processes leaves some with fewer answers "
+            f"than --updates-per-round {args.updates_per_round}: raise --prompts-per-round or use fewer processes")
 
     # everything that can fail on bad input comes first, cheapest first; nothing is written before it passed
     if args.finetune == "qlora":
         check_4bit(args.device)
-    model_path = resolve_model_name(args.model, args.cache_dir, args.seed)
-    pool = load_questions(args.dataset, "train", seed=args.seed)
-    heldout = load_questions(args.eval_dataset, "test", args.eval_size, seed=args.seed) if args.eval_every else []
+    with rank_zero_first():  # one rank builds the toy base or fills the download cache, then the others read it
+        model_path = resolve_model_name(args.model, args.cache_dir, args.seed)
+        pool = load_questions(args.dataset, "train", seed=args.seed)
+        heldout = load_questions(args.eval_dataset, "test", args.eval_size, seed=args.seed) if args.eval_every else []
     if any(q["answer"] is None for q in heldout):
         die(f"eval dataset '{args.eval_dataset}' has no answer column: pass one with answers, or --eval-every 0")
-    print(plan_memory(args, model_path))
+    plan = plan_memory(args, model_path)
+    if main_rank:
+        print(plan + (f"; {world} processes (torchrun), each with its share of every round" if world > 1 else ""))
     model, tokenizer = load_model(model_path, args.finetune, args.device, args.lora_rank,
                                   grad_checkpointing=args.grad_checkpointing == "on")
     stop_ids = stop_token_ids(model, tokenizer)
@@ -886,61 +1016,64 @@ def main(argv=None):
     state = load_checkpoint(args.out, model, optimizer, scheduler) if args.resume else None
     if state is not None:
         start, offline_data, rows = state["round"], state["offline_data"], state["rows"]
+        if isinstance(offline_data, dict):  # saved before runs could have several processes
+            offline_data = [offline_data]
         if args.rounds < start:
             die(f"--rounds {args.rounds} is below the {start} rounds this run has done: pass a larger --rounds")
         if args.rounds == start:
-            print(f"{args.out} already finished its {start} rounds: add --rounds N (more than {start}) to extend it")
+            if main_rank:
+                print(f"{args.out} already finished its {start} rounds: add --rounds N (more than {start}) to extend it")
             return rows
-        print(f"resumed {args.out} after round {start}" + (f", now running to round {args.rounds}" if start else ""))
-    elif args.resume:
+        if offline_data is not None and len(offline_data) != world:
+            die(f"--resume: this --offline run was sampled by {len(offline_data)} processes: resume it with as many")
+        if main_rank:
+            print(f"resumed {args.out} after round {start}" + (f", now running to round {args.rounds}" if start else ""))
+    elif args.resume and main_rank:
         print(f"{args.out} has no checkpoint yet (killed before its first): starting it again from round 0", file=sys.stderr)
+    ddp = wrap_ddp(model)  # None in a single process
     sampler = MergedSampler(model, torch.bfloat16 if args.device == "cuda" else torch.float32) if args.sampler == "fast" else None
     policy = lambda: sampler.model if sampler else model  # what generate samples from: the same weights either way
     static_cache = sampler is not None and args.device == "cuda"
 
     # the run directory: config, then metrics and samples as of the checkpoint (rows of a killed round are redone)
     metrics_path, samples_path = os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "samples.jsonl")
-    if args.overwrite and os.path.isdir(args.out):
-        import shutil
-        for name in ("config.json", "metrics.jsonl", "samples.jsonl", "final", *CHECKPOINTS):
-            path = os.path.join(args.out, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
-    os.makedirs(args.out, exist_ok=True)
-    write_atomic(os.path.join(args.out, "config.json"), json.dumps({"args": vars(args), "model_path": model_path}, indent=1))
-    write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
-    write_atomic(samples_path, "".join(json.dumps(r) + "\n" for r in read_jsonl_rows(samples_path, start)))
+    if main_rank:
+        if args.overwrite and os.path.isdir(args.out):
+            import shutil
+            for name in ("config.json", "metrics.jsonl", "samples.jsonl", "final", *CHECKPOINTS):
+                path = os.path.join(args.out, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
+        os.makedirs(args.out, exist_ok=True)
+        write_atomic(os.path.join(args.out, "config.json"),
+                     json.dumps({"args": vars(args), "model_path": model_path, "processes": world}, indent=1))
+        write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        write_atomic(samples_path, "".join(json.dumps(r) + "\n" for r in read_jsonl_rows(samples_path, start)))
 
     def log(row):
         rows.append(row)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if main_rank:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def run_eval(round_):
         from tqdm import tqdm
+        share = rank_share(heldout)  # each rank grades its share; the scores are weighted back together
         scores, args.gen_batch_size = halving_on_oom(
-            lambda batch: evaluate(policy(), tokenizer, heldout, args.prompt_style, args.max_new_tokens, args.eval_samples,
-                                   batch, seed=args.seed + 7919 * round_, static_cache=static_cache),
-            args.gen_batch_size, "in evaluation", "--gen-batch-size")
-        tqdm.write(f"round {round_:4d} | held-out pass@1 (tau=1) {100 * scores['pass@1']:5.1f} | greedy {100 * scores['greedy']:5.1f}")
+            lambda batch: evaluate(policy(), tokenizer, share, args.prompt_style, args.max_new_tokens, args.eval_samples,
+                                   batch, seed=args.seed + 7919 * round_ + rank_seed, static_cache=static_cache),
+            args.gen_batch_size, "in evaluation", "--gen-batch-size") if share else ({"pass@1": 0.0, "greedy": 0.0}, args.gen_batch_size)
+        if world > 1:
+            scores = {k: global_sum(v * len(share)) / len(heldout) for k, v in scores.items()}
+        if main_rank:
+            tqdm.write(f"round {round_:4d} | held-out pass@1 (tau=1) {100 * scores['pass@1']:5.1f} | greedy {100 * scores['greedy']:5.1f}")
         return scores
-
-    orders = {}  # epoch -> its seeded permutation of the pool
-
-    def questions_for(round_):
-        """The round's questions: consecutive slices of a seeded shuffle of the pool, epoch after epoch."""
-        picked = []
-        for k in range((round_ - 1) * args.prompts_per_round, round_ * args.prompts_per_round):
-            epoch, i = divmod(k, len(pool))
-            if epoch not in orders:
-                orders[epoch] = random.Random(args.seed * 1000 + epoch).sample(range(len(pool)), len(pool))
-            picked.append(pool[orders[epoch][i]])
-        return picked
 
     def sample_round(round_):
         tau = tau_sample_at(round_, args.rounds, args.tau_sample, args.tau_train, args.anneal)
-        prompts = [build_prompt(tokenizer, q["question"], args.prompt_style) for q in questions_for(round_)]
+        questions = rank_share(round_questions(pool, round_, args.prompts_per_round, args.seed))
+        prompts = [build_prompt(tokenizer, q["question"], args.prompt_style) for q in questions]
         def draw(batch):
-            torch.manual_seed(args.seed * 100_003 + round_)  # each round's randomness is its own: exact resume
+            torch.manual_seed(args.seed * 100_003 + round_ + rank_seed)  # each round's randomness is its own: exact resume
             return rollout(policy(), tokenizer, prompts * args.rollouts, tau, args.max_new_tokens, batch, stop_ids,
                            desc=f"round {round_} sampling", static_cache=static_cache)
         rollouts, args.gen_batch_size = halving_on_oom(draw, args.gen_batch_size, f"sampling round {round_}", "--gen-batch-size")
@@ -948,15 +1081,17 @@ def main(argv=None):
 
     if start == 0 and args.eval_every:
         log({"round": 0, **run_eval(0)})
-    if args.offline and offline_data is None:  # the ablation: all data from the initial model, once
-        offline_data = {r: sample_round(r) for r in progress(range(1, args.rounds + 1), "offline sampling")}
+    if args.offline and offline_data is None:  # the ablation: all data from the initial model, once (by rank)
+        offline_data = gather_objects({r: sample_round(r) for r in progress(range(1, args.rounds + 1), "offline sampling")})
     last_saved = start
 
     for round_ in progress(range(start + 1, args.rounds + 1), "SePT rounds", total=args.rounds, initial=start):
         t0 = time.time()
-        tau, rollouts = offline_data[round_] if args.offline else sample_round(round_)
-        t1 = time.time()
-        torch.manual_seed(args.seed * 100_003 + round_ + 50_000)  # dropout masks, if any
+        tau, rollouts = offline_data[rank][round_] if args.offline else sample_round(round_)
+        answer_tokens, n_rollouts, n_truncated = (global_sum(x) for x in (
+            sum(len(r["answer_ids"]) for r in rollouts), len(rollouts), sum(r["truncated"] for r in rollouts)))
+        t1 = time.time()  # after the sums above, which wait for every rank: the round's sampling wall time
+        torch.manual_seed(args.seed * 100_003 + round_ + 50_000 + rank_seed)  # dropout masks, if any
         random.Random(round_).shuffle(rollouts)  # rollouts of one question spread over the updates
         losses, n_tokens = [], 0
         for chunk in range(args.updates_per_round):
@@ -964,8 +1099,8 @@ def main(argv=None):
             try:
                 (loss, n), args.micro_batch_tokens = halving_on_oom(
                     lambda budget: sept_update(model, optimizer, scheduler, part, args.tau_train, tokenizer.pad_token_id,
-                                               args.loss, budget), args.micro_batch_tokens, f"in round {round_}'s update",
-                    "--micro-batch-tokens")
+                                               args.loss, budget, ddp=ddp), args.micro_batch_tokens,
+                    f"in round {round_}'s update", "--micro-batch-tokens", retry=world == 1)
             except FloatingPointError as e:
                 die(f"round {round_}: the training loss is not finite ({e}); stopped before that update, the checkpoint "
                     f"of round {last_saved} is kept: start again with a lower --lr")
@@ -973,26 +1108,31 @@ def main(argv=None):
                 sampler.refresh()
             losses.append(loss)
             n_tokens += n
+        n_tokens = global_sum(n_tokens)
         t2 = time.time()
-        with open(samples_path, "a") as f:  # a few raw samples: is the template right?
-            for r in rollouts[:2]:
-                f.write(json.dumps({"round": round_, "prompt": tokenizer.decode(r["prompt_ids"]),
-                                    "answer": tokenizer.decode(r["answer_ids"]), "truncated": r["truncated"]}) + "\n")
-        answer_tokens = sum(len(r["answer_ids"]) for r in rollouts)
+        if main_rank:
+            with open(samples_path, "a") as f:  # a few raw samples: is the template right?
+                for r in rollouts[:2]:
+                    f.write(json.dumps({"round": round_, "prompt": tokenizer.decode(r["prompt_ids"]),
+                                        "answer": tokenizer.decode(r["answer_ids"]), "truncated": r["truncated"]}) + "\n")
         row = {"round": round_, "tau_sample": round(tau, 4), "loss": sum(losses) / len(losses),
-               "lr": scheduler.get_last_lr()[0], "answer_len": answer_tokens / len(rollouts),
-               "truncated": sum(r["truncated"] for r in rollouts) / len(rollouts),
+               "lr": scheduler.get_last_lr()[0], "answer_len": answer_tokens / n_rollouts,
+               "truncated": n_truncated / n_rollouts,
                "gen_tokens_per_s": answer_tokens / max(t1 - t0, 1e-9) if not args.offline else None,
                "train_tokens_per_s": n_tokens / max(t2 - t1, 1e-9), "round_s": t2 - t0}
         if args.device == "cuda":
-            row["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+            row["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30  # rank 0's, under torchrun
         if args.eval_every and (round_ % args.eval_every == 0 or round_ == args.rounds):
             row.update(run_eval(round_))
         log(row)
-        if round_ % args.save_every == 0 or round_ == args.rounds:
+        if main_rank and (round_ % args.save_every == 0 or round_ == args.rounds):
             save_checkpoint(args.out, model, optimizer, scheduler, round_, offline_data, rows)
             last_saved = round_
 
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    if not main_rank:
+        return rows
     final = os.path.join(args.out, "final")
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)

@@ -75,7 +75,7 @@ BAD_INPUTS = [
      ["--out", "{run}", "--resume"], ["config.json", "unreadable", "--overwrite"]),
     ("resume-no-run", None, ["--out", "{tmp}/nothing", "--resume"], ["no run to resume", "without --resume"]),
     ("resume-rounds-below-done", None, ["--out", "{run}", "--resume", "--rounds", "1"], ["--rounds 1", "larger --rounds"]),
-    ("resume-with-another-flag", None, ["--out", "{run}", "--resume", "--lr", "1"], ["only --rounds can change", "--lr"]),
+    ("resume-with-another-flag", None, ["--out", "{run}", "--resume", "--lr", "1"], ["only --rounds, --micro-batch-tokens and --gen-batch-size can change", "--lr"]),
     ("resume-and-overwrite", None, ["--out", "{run}", "--resume", "--overwrite"], ["--overwrite and --resume"]),
     ("new-run-into-existing-run", None, ["--out", "{run}"], ["already holds a run", "--resume", "--overwrite"]),
     ("out-in-proc", None, ["--out", "/proc/sept-mini-x"], ["--out /proc/sept-mini-x", "cannot be created"]),

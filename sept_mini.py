@@ -11,6 +11,7 @@ preferences (docs/theory.md); with tau_sample = tau_train the expected gradient 
     python sept_mini.py --model Qwen2.5-0.5B             # QLoRA on one GPU (hub access needed)
     python sept_mini.py --model ./my-model --dataset questions.parquet --finetune lora
     python sept_mini.py --out runs/x --resume            # continue a killed run
+    torchrun --nproc-per-node 8 sept_mini.py --model Qwen2.5-Math-1.5B   # data parallel, one GPU per process
 
 Reading order: temperature schedule, prompts, sampling (rollout), the loss (fused and naive), the
 loop (main). Outputs land in --out: config.json, metrics.jsonl, samples.jsonl (two raw samples per

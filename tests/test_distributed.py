@@ -3,7 +3,6 @@ the rollouts, the ranks share the single-process question order, one rank writes
 distributed run resumes to the uninterrupted metrics."""
 import json
 import os
-import signal
 import subprocess
 import sys
 

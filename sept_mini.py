@@ -400,13 +400,17 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                 grad = probs.div_(sum_exp)  # softmax
                 grad[torch.arange(len(t), device=t.device), t] -= 1.0
                 grad.div_(tau)  # d loss / d (h W^T + b): the temperature scales the gradient too
+                grad_lp = grad.to(weight.dtype)  # (C, V) in the weights' dtype (the same tensor in fp32)
                 if need_h:
-                    grad_h[s:s + chunk_size] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
+                    grad_h[s:s + chunk_size] = (grad_lp @ weight).to(hidden.dtype)
                 if need_w:
-                    grad_w.addmm_(grad.T, h.float())  # accumulate in fp32, in place: no (V, H) temporary
+                    if weight.dtype == torch.float32:
+                        grad_w.addmm_(grad.T, h.float())  # in place: no (V, H) temporary
+                    else:  # bf16/fp16: each chunk's matmul on the fast half-precision path, as naive's autograd
+                        grad_w.add_(grad_lp.T @ h)  # does, and the sum over chunks in fp32 (a fp32 matmul is ~10x slower)
                 if need_b:
                     grad_b += grad.sum(0)
-            logits = probs = grad = None  # free this chunk's (C, V) buffer before the next is allocated
+            logits = probs = grad = grad_lp = None  # free this chunk's (C, V) buffers before the next
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total

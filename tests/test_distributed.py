@@ -17,7 +17,9 @@ ROUNDS = 4
 
 
 def torchrun(script, *argv, nproc=2):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if nproc > 1:  # one thread per process, as torchrun sets it (said here to keep its warning out of the output)
+        env["OMP_NUM_THREADS"] = "1"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", script, *argv]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
 
@@ -130,16 +132,25 @@ def two_process_run(tiny_model_dir, tmp_path_factory):
     return tmp / "run", logs, done
 
 
-def test_two_processes_sample_the_single_process_questions_in_order(two_process_run, tiny_model_dir, tmp_path, monkeypatch):
-    out, logs, _ = two_process_run
-    single = []
-    real_rollout = sm.rollout
-    def rollout(model, tokenizer, prompts, *a, desc=None, **k):
+@pytest.fixture(scope="module")
+def single_process_run(tiny_model_dir, tmp_path_factory):
+    """The same run in this process, without torchrun: (its metrics rows, the prompts of each round)."""
+    prompts, real_rollout = [], sm.rollout
+    def rollout(model, tokenizer, batch, *a, desc=None, **k):
         if desc and desc.endswith("sampling"):
-            single.append(prompts)
-        return real_rollout(model, tokenizer, prompts, *a, desc=desc, **k)
-    monkeypatch.setattr(sm, "rollout", rollout)
-    sm.main(run_args(tiny_model_dir, tmp_path / "single"))
+            prompts.append(batch)
+        return real_rollout(model, tokenizer, batch, *a, desc=desc, **k)
+    sm.rollout = rollout
+    try:
+        rows = sm.main(run_args(tiny_model_dir, tmp_path_factory.mktemp("single") / "run"))
+    finally:
+        sm.rollout = real_rollout
+    return rows, prompts
+
+
+def test_two_processes_sample_the_single_process_questions_in_order(two_process_run, single_process_run):
+    out, logs, _ = two_process_run
+    single = single_process_run[1]
     ranks = [logged(logs, 0), logged(logs, 1)]
     assert [r["round"] for r in ranks[0]] == [r["round"] for r in ranks[1]] == list(range(1, ROUNDS + 1))
     for round_, prompts in enumerate(single):
@@ -174,3 +185,10 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_metrics(two_process
     assert "resumed" in resumed.stdout
     final = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert comparable(final) == comparable(uninterrupted)
+
+
+def test_torchrun_with_one_process_is_the_plain_run(single_process_run, tiny_model_dir, tmp_path):
+    done = torchrun(os.path.join(ROOT, "sept_mini.py"), *run_args(tiny_model_dir, tmp_path / "run"), nproc=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert comparable(rows) == comparable(single_process_run[0])

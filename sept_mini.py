@@ -713,12 +713,13 @@ class AnswerLoss(torch.nn.Module):
 
 
 def wrap_ddp(model):
-    """The model for sept_update under torchrun (None alone). Rank 0's trainable weights are broadcast at the
+    """The model for sept_update under torchrun (None alone). DDP copies rank 0's weights to every rank at the
     start; from then on every rank applies the same averaged gradient, so the weights stay equal."""
     if ddp_world() == 1:
         return None
     from torch.nn.parallel import DistributedDataParallel
-    return DistributedDataParallel(AnswerLoss(model), device_ids=[torch.cuda.current_device()] if model.device.type == "cuda" else None)
+    device_ids = [torch.cuda.current_device()] if model.device.type == "cuda" else None
+    return DistributedDataParallel(AnswerLoss(model), device_ids=device_ids)
 
 
 # -----------------------------------------------------------------------------
@@ -1063,10 +1064,12 @@ def main(argv=None):
     def run_eval(round_):
         from tqdm import tqdm
         share = rank_share(heldout)  # each rank grades its share; the scores are weighted back together
-        scores, args.gen_batch_size = halving_on_oom(
-            lambda batch: evaluate(policy(), tokenizer, share, args.prompt_style, args.max_new_tokens, args.eval_samples,
-                                   batch, seed=args.seed + 7919 * round_ + rank_seed, static_cache=static_cache),
-            args.gen_batch_size, "in evaluation", "--gen-batch-size") if share else ({"pass@1": 0.0, "greedy": 0.0}, args.gen_batch_size)
+        scores = {"pass@1": 0.0, "greedy": 0.0}  # a rank with no share (more ranks than questions) adds nothing
+        if share:
+            scores, args.gen_batch_size = halving_on_oom(
+                lambda batch: evaluate(policy(), tokenizer, share, args.prompt_style, args.max_new_tokens, args.eval_samples,
+                                       batch, seed=args.seed + 7919 * round_ + rank_seed, static_cache=static_cache),
+                args.gen_batch_size, "in evaluation", "--gen-batch-size")
         if world > 1:
             scores = {k: global_sum(v * len(share)) / len(heldout) for k, v in scores.items()}
         if main_rank:

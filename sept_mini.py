@@ -706,6 +706,15 @@ def rank_zero_first():
         dist.barrier()
 
 
+def finish_distributed():
+    """Leave the process group cleanly: no collective in flight, nothing left holding it, then destroy it."""
+    import gc
+    import torch.distributed as dist
+    dist.barrier()
+    gc.collect()  # DDP's reducer sits in reference cycles; collected now, not during interpreter shutdown
+    dist.destroy_process_group()
+
+
 class AnswerLoss(torch.nn.Module):
     """The training forward as one module for DDP to wrap: the fused loss calls the decoder and the output
     layer directly, past model.forward, where DDP would not see it."""
@@ -1035,6 +1044,8 @@ def main(argv=None):
         if args.rounds == start:
             if main_rank:
                 print(f"{args.out} already finished its {start} rounds: add --rounds N (more than {start}) to extend it")
+            if world > 1:
+                finish_distributed()
             return rows
         if offline_data is not None and len(offline_data) != world:
             die(f"--resume: this --offline run was sampled by {len(offline_data)} processes: resume it with as many")
@@ -1144,7 +1155,8 @@ def main(argv=None):
             last_saved = round_
 
     if world > 1:
-        torch.distributed.destroy_process_group()
+        ddp = None  # DDP's reducer holds the process group: let it go first (else gloo may abort at exit)
+        finish_distributed()
     if not main_rank:
         return rows
     final = os.path.join(args.out, "final")

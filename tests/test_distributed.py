@@ -55,7 +55,7 @@ from test_distributed import fixed_rollouts, updated_weights
 dist.init_process_group("gloo")
 out = {f: updated_weights(sys.argv[2], f, fixed_rollouts(27), ddp=True) for f in ("full", "lora", "qlora")}
 torch.save(out, f"{sys.argv[3]}/rank{dist.get_rank()}.pt")
-dist.destroy_process_group()
+sm.finish_distributed()
 """
 
 

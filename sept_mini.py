@@ -1007,13 +1007,13 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     if args.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(os.cpu_count() or 1)
-    init_distributed(args.device)  # under torchrun: this process is one rank of ddp_world()
-    rank, world = ddp_rank(), ddp_world()
-    main_rank = rank == 0  # writes the run directory and reports; every rank samples and trains its share
-    rank_seed = 1_000_003 * rank  # each rank draws its own samples; rank 0 draws what a single process would
+    rank, world = ddp_rank(), ddp_world()  # under torchrun: this process is rank `rank` of `world`
     if world > 1 and args.prompts_per_round // world * args.rollouts < args.updates_per_round:
         die(f"--prompts-per-round {args.prompts_per_round} split over {world} processes leaves some with fewer answers "
             f"than --updates-per-round {args.updates_per_round}: raise --prompts-per-round or use fewer processes")
+    init_distributed(args.device)
+    main_rank = rank == 0  # writes the run directory and reports; every rank samples and trains its share
+    rank_seed = 1_000_003 * rank  # each rank draws its own samples; rank 0 draws what a single process would
 
     # everything that can fail on bad input comes first, cheapest first; nothing is written before it passed
     if args.finetune == "qlora":

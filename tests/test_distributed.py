@@ -192,3 +192,12 @@ def test_torchrun_with_one_process_is_the_plain_run(single_process_run, tiny_mod
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert comparable(rows) == comparable(single_process_run[0])
+
+
+def test_too_few_questions_per_process_is_one_line_before_joining_the_group(tiny_model_dir, tmp_path):
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "sept_mini.py"), *run_args(tiny_model_dir, tmp_path / "run"),
+                           "--prompts-per-round", "3", "--updates-per-round", "2"],
+                          capture_output=True, text=True, timeout=120, env=env)  # no torchrun: joining would wait forever
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr[-2000:]
+    assert "--updates-per-round 2" in done.stderr and "2 processes" in done.stderr and not os.path.exists(tmp_path / "run")

@@ -648,7 +648,7 @@ def ddp_world():
 
 def init_distributed(device):
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU) with one device per rank. No-op alone."""
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+    if ddp_world() == 1:
         return
     import torch.distributed as dist
     if device == "cuda":
@@ -668,15 +668,16 @@ def rank_share(items, rank=None, world=None):
     return items[rank::world]
 
 
-def global_sum(value):
-    """The sum of a number over all ranks (the number itself in a single process)."""
-    if ddp_world() == 1:
-        return value
-    import torch.distributed as dist
-    t = torch.tensor(float(value), dtype=torch.float64,
-                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t)
-    return type(value)(t.item())
+def global_sum(*values):
+    """Each number summed over all ranks, in one all-reduce (the numbers themselves in a single process).
+    One number in, one number out; several in, a tuple out."""
+    if ddp_world() > 1:
+        import torch.distributed as dist
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64,
+                         device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        values = [type(v)(x) for v, x in zip(values, t.tolist())]
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def gather_objects(obj):
@@ -695,15 +696,18 @@ def rank_zero_first():
     they wait, rank 0 uses every core (torchrun gives each process one thread; a toy base built with 1 and with 2
     threads came out bit-identical)."""
     import torch.distributed as dist
-    if dist.is_initialized() and dist.get_rank() != 0:
-        dist.barrier()
-    threads = torch.get_num_threads()
-    if dist.is_initialized() and dist.get_rank() == 0:
+    if not dist.is_initialized():
+        yield
+        return
+    if dist.get_rank() != 0:
+        dist.barrier()  # wait for rank 0
+        yield
+    else:
+        threads = torch.get_num_threads()
         torch.set_num_threads(os.cpu_count() or 1)
-    yield
-    torch.set_num_threads(threads)
-    if dist.is_initialized() and dist.get_rank() == 0:
-        dist.barrier()
+        yield
+        torch.set_num_threads(threads)
+        dist.barrier()  # let the others go
 
 
 def finish_distributed():
@@ -1113,8 +1117,8 @@ def main(argv=None):
     for round_ in progress(range(start + 1, args.rounds + 1), "SePT rounds", total=args.rounds, initial=start):
         t0 = time.time()
         tau, rollouts = offline_data[rank][round_] if args.offline else sample_round(round_)
-        answer_tokens, n_rollouts, n_truncated = (global_sum(x) for x in (
-            sum(len(r["answer_ids"]) for r in rollouts), len(rollouts), sum(r["truncated"] for r in rollouts)))
+        answer_tokens, n_rollouts, n_truncated = global_sum(
+            sum(len(r["answer_ids"]) for r in rollouts), len(rollouts), sum(r["truncated"] for r in rollouts))
         t1 = time.time()  # after the sums above, which wait for every rank: the round's sampling wall time
         torch.manual_seed(args.seed * 100_003 + round_ + 50_000 + rank_seed)  # dropout masks, if any
         random.Random(round_).shuffle(rollouts)  # rollouts of one question spread over the updates

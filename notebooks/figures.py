@@ -86,5 +86,6 @@ def one_round_to_optimum(base, tokenizer, questions, tau_sample, tau_train=1.0, 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     for _ in range(updates):
-        sm.sept_update(model, optimizer, scheduler, data, tau_train, tokenizer.pad_token_id, "fused", micro_batch_tokens=10 ** 6)
+        sm.sept_update(model, optimizer, scheduler, data, tau_train, tokenizer.pad_token_id, "fused",
+                       micro_batch_tokens=10 ** 6)
     return model.eval()

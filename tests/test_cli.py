@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import sept_mini as sm
+from plumbing import cli, rundir
 from conftest import comparable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +70,7 @@ def empty_parquet(path):
 # (case id, how to damage the run or make a file, argv, words the one line must contain)
 # {run}: a copy of a finished run; {tmp}: the case's scratch folder; {model}: a tiny model folder
 BAD_INPUTS = [
-    ("resume-both-checkpoints-truncated", lambda t: [truncate(t / "run" / n) for n in sm.CHECKPOINTS],
+    ("resume-both-checkpoints-truncated", lambda t: [truncate(t / "run" / n) for n in rundir.CHECKPOINTS],
      ["--out", "{run}", "--resume"], ["no usable checkpoint", "ckpt.pt", "--overwrite"]),
     ("resume-config-truncated", lambda t: truncate(t / "run" / "config.json", 20),
      ["--out", "{run}", "--resume"], ["config.json", "unreadable", "--overwrite"]),
@@ -138,9 +139,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, prepare, argv, ne
 
 
 def test_help_prints_the_real_default_of_every_flag():
-    text = " ".join(sm.build_parser().format_help().split())  # argparse wraps lines
+    text = " ".join(cli.build_parser().format_help().split())  # argparse wraps lines
     assert "default: None" not in text
-    flags = [a for a in sm.build_parser()._actions if a.option_strings and a.dest != "help"]
+    flags = [a for a in cli.build_parser()._actions if a.option_strings and a.dest != "help"]
     assert all("default:" in (a.help or "") for a in flags), [a.dest for a in flags if "default:" not in (a.help or "")]
     for symbol in ("the paper's M", "the paper's G", "the paper's mu", "48 for the toy model, 1024 otherwise"):
         assert symbol in text

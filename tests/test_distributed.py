@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sept_mini as sm
+from plumbing import distributed, models
 from conftest import comparable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,28 +35,28 @@ def fixed_rollouts(n=9, seed=0):
 def updated_weights(model_dir, finetune, rollouts, ddp=False, updates=3):
     """Trainable weights after `updates` updates of sept_update on these rollouts, set up as main() does."""
     torch.manual_seed(0)
-    model, tokenizer = sm.load_model(model_dir, finetune, "cpu", lora_rank=4, lora_dropout=0.0)
+    model, tokenizer = models.load_model(model_dir, finetune, "cpu", lora_rank=4, lora_dropout=0.0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 3))
-    wrapped = sm.wrap_ddp(model) if ddp else None
+    wrapped = distributed.wrap_ddp(model, sm.answer_nll) if ddp else None
     for u in range(updates):
         part = rollouts[u::updates]
-        sm.sept_update(model, optimizer, scheduler, sm.rank_share(part) if ddp else part, 1.0,
+        sm.sept_update(model, optimizer, scheduler, distributed.rank_share(part) if ddp else part, 1.0,
                        tokenizer.pad_token_id, "fused", micro_batch_tokens=60, ddp=wrapped)
-    return sm.trainable_state(model)
+    return models.trainable_state(model)
 
 
 # Each rank trains on its share of the same rollouts, through DDP; every rank saves what it ends with.
 UPDATE_WORKER = r"""
 import sys, torch, torch.distributed as dist
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
-import sept_mini as sm
+from plumbing import distributed
 from test_distributed import fixed_rollouts, updated_weights
 dist.init_process_group("gloo")
 out = {f: updated_weights(sys.argv[2], f, fixed_rollouts(27), ddp=True) for f in ("full", "lora", "qlora")}
 torch.save(out, f"{sys.argv[3]}/rank{dist.get_rank()}.pt")
-sm.finish_distributed()
+distributed.compute_cleanup()
 """
 
 
@@ -67,7 +68,7 @@ def test_two_process_update_equals_one_process_update_on_the_union(tiny_model_di
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for finetune in ("full", "lora", "qlora"):
         single = updated_weights(tiny_model_dir, finetune, fixed_rollouts(27))
-        initial = sm.trainable_state(sm.load_model(tiny_model_dir, finetune, "cpu", lora_rank=4, lora_dropout=0.0)[0])
+        initial = models.trainable_state(models.load_model(tiny_model_dir, finetune, "cpu", lora_rank=4, lora_dropout=0.0)[0])
         assert any((single[k] - initial[k]).abs().max() > 1e-3 for k in single)  # the updates did move the weights
         for state in ranks:
             assert set(state[finetune]) == set(single)
@@ -77,7 +78,7 @@ def test_two_process_update_equals_one_process_update_on_the_union(tiny_model_di
 
 def test_rank_shares_are_disjoint_and_make_the_single_process_order():
     items = list(range(11))
-    shares = [sm.rank_share(items, r, 3) for r in range(3)]
+    shares = [distributed.rank_share(items, r, 3) for r in range(3)]
     assert sorted(sum(shares, [])) == items and [len(s) for s in shares] == [4, 4, 3]
     assert [shares[i % 3][i // 3] for i in range(11)] == items  # interleaved back, they are the global order
 

@@ -207,10 +207,10 @@ def test_the_table_is_large_enough():
 
 
 def benchmark_golds():
-    import sept_mini as sm
+    from plumbing import data
     golds = []
     for path in sorted(glob.glob(os.path.join(BENCHMARKS, "*.parquet"))):
-        golds += [q["answer"] for q in sm.load_questions(path)]
+        golds += [q["answer"] for q in data.load_questions(path)]
     return golds
 
 

@@ -20,6 +20,7 @@ CHILD = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
 import sept_mini as sm
+from plumbing import rundir
 where, n = sys.argv[2], int(sys.argv[3])
 calls = {"n": 0}
 def die_at_nth(fn, before=True):
@@ -37,8 +38,8 @@ if where == "sampling":                  # inside generate, round n
 elif where == "training":                # after the n-th micro-batch's forward, before its update is done
     sm.answer_nll = die_at_nth(sm.answer_nll, before=False)
 elif where == "checkpoint-file-written": # the new checkpoint is on disk as ckpt.pt.tmp, not yet renamed
-    real_save = sm.torch.save
-    sm.torch.save = die_at_nth(real_save, before=False)
+    real_save = rundir.torch.save
+    rundir.torch.save = die_at_nth(real_save, before=False)
 elif where == "between-renames":         # ckpt.pt already moved to ckpt.prev.pt, the new one not yet in place
     real_replace = os.replace
     def replace(src, dst):
@@ -47,7 +48,7 @@ elif where == "between-renames":         # ckpt.pt already moved to ckpt.prev.pt
             calls["n"] += 1
             if calls["n"] == n:
                 os.kill(os.getpid(), signal.SIGKILL)
-    sm.os.replace = replace
+    rundir.os.replace = replace
 sm.main(sys.argv[4:])
 """
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import sept_mini as sm
+from plumbing import cli, console, data, models
 from conftest import BENCHMARKS, comparable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +36,7 @@ def test_one_round_changes_the_weights_full(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("finetune", ["lora", "qlora"])
 def test_lora_and_qlora_run_a_round_and_change_their_trainable_weights(tiny_model_dir, tmp_path, finetune):
-    model, _ = sm.load_model(tiny_model_dir, finetune, "cpu", lora_rank=4)
+    model, _ = models.load_model(tiny_model_dir, finetune, "cpu", lora_rank=4)
     initial = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
     assert initial and all("lora_" in k for k in initial)
     if finetune == "qlora":
@@ -43,7 +44,7 @@ def test_lora_and_qlora_run_a_round_and_change_their_trainable_weights(tiny_mode
         assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     sm.main(tiny_args(tiny_model_dir, tmp_path, "--finetune", finetune, "--rounds", "1", "--lora-rank", "4"))
     from peft import PeftModel
-    reloaded = PeftModel.from_pretrained(sm.load_model(tiny_model_dir, "full", "cpu")[0], str(tmp_path / "final"))
+    reloaded = PeftModel.from_pretrained(models.load_model(tiny_model_dir, "full", "cpu")[0], str(tmp_path / "final"))
     trained = {k.replace(".default", ""): v for k, v in reloaded.named_parameters() if "lora_B" in k}
     assert trained and any(v.abs().sum() > 0 for v in trained.values())  # lora_B starts at zero
 
@@ -52,7 +53,7 @@ def test_qlora_keeps_layers_of_odd_width_out_of_4bit_and_trains(odd_width_model_
     """bitsandbytes' NF4 blocks are 64 inputs wide; on AVX512-BF16 CPUs its kernel crashes on in_features 32.
     Such layers stay in full precision (said once), the rest is 4-bit, and a round runs."""
     import bitsandbytes as bnb
-    model, _ = sm.load_model(odd_width_model_dir, "qlora", "cpu", lora_rank=4)
+    model, _ = models.load_model(odd_width_model_dir, "qlora", "cpu", lora_rank=4)
     assert "kept out of 4-bit" in capsys.readouterr().err
     base = {n: m for n, m in model.named_modules() if n.endswith(("q_proj.base_layer", "down_proj.base_layer"))}
     assert base and all(isinstance(m, bnb.nn.Linear4bit) == n.endswith("down_proj.base_layer") for n, m in base.items())
@@ -62,7 +63,7 @@ def test_qlora_keeps_layers_of_odd_width_out_of_4bit_and_trains(odd_width_model_
 
 
 def test_gradient_checkpointing_with_peft_gives_nonzero_lora_grads(tiny_model_dir):
-    model, tok = sm.load_model(tiny_model_dir, "lora", "cpu", lora_rank=4, grad_checkpointing=True)
+    model, tok = models.load_model(tiny_model_dir, "lora", "cpu", lora_rank=4, grad_checkpointing=True)
     assert model.is_gradient_checkpointing
     model.train()
     batch = sm.training_batch([{"prompt_ids": [3, 4, 5], "answer_ids": [6, 7, 0]}], 0)
@@ -109,24 +110,24 @@ def test_qlora_without_4bit_support_is_a_clear_error(monkeypatch, capsys):
     def broken(*a, **k):
         raise RuntimeError("no 4-bit kernels for this device")
     monkeypatch.setattr(bnbf, "quantize_4bit", broken)
-    with pytest.raises(SystemExit) as e:
-        sm.check_4bit("cpu")
+    with pytest.raises(SystemExit) as e, console.one_line_errors("sept_mini.py"):
+        models.check_4bit("cpu")
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--finetune lora" in err
 
 
 def test_warns_when_temperatures_are_coupled_or_inverted(capsys, tmp_path):
-    sm.parse_args(["--tau-sample", "1.0", "--out", str(tmp_path)])
+    cli.parse_args(["--tau-sample", "1.0", "--out", str(tmp_path)])
     assert "coupled" in capsys.readouterr().err
-    sm.parse_args(["--tau-sample", "1.3", "--out", str(tmp_path)])
+    cli.parse_args(["--tau-sample", "1.3", "--out", str(tmp_path)])
     assert "inverted" in capsys.readouterr().err
-    sm.parse_args(["--out", str(tmp_path)])
+    cli.parse_args(["--out", str(tmp_path)])
     assert "warning" not in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not os.path.isdir(BENCHMARKS), reason="needs ../shared/data/benchmarks beside the checkout")
 def test_verl_parquet_questions_load():
-    qs = sm.load_questions(os.path.join(BENCHMARKS, "math500.parquet"))
+    qs = data.load_questions(os.path.join(BENCHMARKS, "math500.parquet"))
     assert len(qs) == 500 and qs[0]["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
     assert qs[0]["question"].startswith("Convert the point $(0,3)$")

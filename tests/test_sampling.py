@@ -2,11 +2,12 @@
 import torch
 
 import sept_mini as sm
+from plumbing import models
 from conftest import tiny_qwen
 
 
 def load_tiny(tiny_model_dir, finetune="full"):
-    return sm.load_model(tiny_model_dir, finetune, "cpu")
+    return models.load_model(tiny_model_dir, finetune, "cpu")
 
 
 def test_generation_pads_left_and_batching_does_not_change_answers(tiny_model_dir):
@@ -29,7 +30,7 @@ def test_generation_ignores_model_generation_config_defaults(tiny_model_dir):
     gc.min_new_tokens, gc.no_repeat_ngram_size, gc.typical_p, gc.min_p = 5, 1, 0.2, 0.5
     gc.suppress_tokens = [3, 4]
     tau = 0.7
-    config = sm.generation_config(tau, 6, sm.stop_token_ids(model, tok), tok.pad_token_id)
+    config = sm.generation_config(tau, 6, models.stop_token_ids(model, tok), tok.pad_token_id)
     enc = tok(["45+6-7+8-9:"], return_tensors="pt")
     torch.manual_seed(0)
     out = model.generate(**enc, generation_config=config, output_scores=True, output_logits=True,
@@ -39,7 +40,7 @@ def test_generation_ignores_model_generation_config_defaults(tiny_model_dir):
 
 
 def test_lora_dropout_is_off_while_sampling(tiny_model_dir):
-    model, tok = sm.load_model(tiny_model_dir, "lora", "cpu", lora_rank=4, lora_dropout=0.5)
+    model, tok = models.load_model(tiny_model_dir, "lora", "cpu", lora_rank=4, lora_dropout=0.5)
     model.train()
     seen = []
     dropouts = [m for name, m in model.named_modules() if name.endswith("lora_dropout.default")]
@@ -99,7 +100,7 @@ def test_prompt_templates(toy_tokenizer):
 def test_stop_tokens_include_chat_end_of_turn(toy_tokenizer):
     model = tiny_qwen(len(toy_tokenizer))
     model.generation_config.eos_token_id = [5, 6]
-    assert sm.stop_token_ids(model, toy_tokenizer) == sorted({toy_tokenizer.eos_token_id, 5, 6})
+    assert models.stop_token_ids(model, toy_tokenizer) == sorted({toy_tokenizer.eos_token_id, 5, 6})
 
 
 def test_tau_schedule():

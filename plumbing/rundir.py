@@ -1,0 +1,214 @@
+"""The run directory (--out): config.json, metrics.jsonl, samples.jsonl, the two newest checkpoints and final/.
+
+Checkpoints are written atomically (a temporary file, fsynced, then renamed), the newest two kept, and each
+carries the metrics rows so far: no kill at any moment and no single bad file loses the run, and --resume
+continues it exactly. Under torchrun every rank restores the checkpoint; rank 0 alone writes.
+"""
+import json
+import os
+import random
+import shutil
+import sys
+
+import torch
+
+from plumbing import UsageError
+from plumbing.distributed import ddp_rank
+from plumbing.models import load_model, resolve_model_path, trainable_state
+
+CHECKPOINTS = ("ckpt.pt", "ckpt.prev.pt")  # newest first
+
+
+class RunDir:
+    """One run's folder: resume from it, then log rows and samples, save checkpoints, and finish."""
+
+    def __init__(self, args, model_path, world):
+        self.args, self.out, self.model_path, self.world = args, args.out, model_path, world
+        self.main_rank = ddp_rank() == 0  # writes the run directory; every rank samples and trains its share
+        self.metrics_path = os.path.join(self.out, "metrics.jsonl")
+        self.samples_path = os.path.join(self.out, "samples.jsonl")
+        self.start, self.last_saved, self.rows, self.offline_data = 0, 0, [], None
+
+    def resume(self, model, optimizer, scheduler):
+        """With --resume, restore the newest usable checkpoint into model, optimizer and scheduler. Returns False
+        when the run has already done all its rounds (nothing to do, nothing written)."""
+        if not self.args.resume:
+            return True
+        state = load_checkpoint(self.out, model, optimizer, scheduler)
+        if state is None:
+            if self.main_rank:
+                print(f"{self.out} has no checkpoint yet (killed before its first): starting it again from round 0",
+                      file=sys.stderr)
+            return True
+        start, rounds = state["round"], self.args.rounds
+        self.start = self.last_saved = start
+        self.rows, self.offline_data = state["rows"], state["offline_data"]
+        if isinstance(self.offline_data, dict):  # saved before runs could have several processes
+            self.offline_data = [self.offline_data]
+        if rounds < start:
+            raise UsageError(f"--rounds {rounds} is below the {start} rounds this run has done: pass a larger --rounds")
+        if rounds == start:
+            if self.main_rank:
+                print(f"{self.out} already finished its {start} rounds: add --rounds N (more than {start}) to "
+                      "extend it")
+            return False
+        if self.offline_data is not None and len(self.offline_data) != self.world:
+            raise UsageError(f"--resume: this --offline run was sampled by {len(self.offline_data)} processes: resume "
+                             "it with as many")
+        if self.main_rank:
+            print(f"resumed {self.out} after round {start}" + (f", now running to round {rounds}" if start else ""))
+        return True
+
+    def open(self, plan):
+        """Write config.json (the settings, with the plan's values), and metrics and samples as of the checkpoint:
+        the rows of a killed round are redone."""
+        if not self.main_rank:
+            return
+        if self.args.overwrite and os.path.isdir(self.out):
+            for name in ("config.json", "metrics.jsonl", "samples.jsonl", "final", *CHECKPOINTS):
+                path = os.path.join(self.out, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
+        os.makedirs(self.out, exist_ok=True)
+        config = {"args": {**vars(self.args), **plan.as_flags()}, "model_path": self.model_path,
+                  "processes": self.world}
+        write_atomic(os.path.join(self.out, "config.json"), json.dumps(config, indent=1))
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        samples = read_jsonl_rows(self.samples_path, self.start)
+        write_atomic(self.samples_path, "".join(json.dumps(r) + "\n" for r in samples))
+
+    def log(self, row):
+        self.rows.append(row)
+        if self.main_rank:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def log_samples(self, round_, rollouts, tokenizer):
+        """A few raw samples of each round, special tokens included: is the template right?"""
+        if self.main_rank:
+            with open(self.samples_path, "a") as f:
+                for r in rollouts:
+                    f.write(json.dumps({"round": round_, "prompt": tokenizer.decode(r["prompt_ids"]),
+                                        "answer": tokenizer.decode(r["answer_ids"]), "truncated": r["truncated"]})
+                            + "\n")
+
+    def save_if_due(self, round_, model, optimizer, scheduler):
+        if self.main_rank and (round_ % self.args.save_every == 0 or round_ == self.args.rounds):
+            save_checkpoint(self.out, model, optimizer, scheduler, round_, self.offline_data, self.rows)
+            self.last_saved = round_
+
+    def finish(self, model, tokenizer):
+        """Save the final model (or adapter) and print the before/after table (rank 0)."""
+        if not self.main_rank:
+            return
+        final = os.path.join(self.out, "final")
+        model.save_pretrained(final)
+        tokenizer.save_pretrained(final)
+        evals = [r for r in self.rows if "pass@1" in r]
+        if len(evals) >= 2:
+            first, last = evals[0], evals[-1]
+            print(f"\n{'held-out':<22}{'round ' + str(first['round']):>10}{'round ' + str(last['round']):>10}"
+                  f"{'change':>9}")
+            for key, name in (("pass@1", "pass@1 (tau=1)"), ("greedy", "greedy accuracy")):
+                print(f"{name:<22}{100 * first[key]:>10.1f}{100 * last[key]:>10.1f}"
+                      f"{100 * (last[key] - first[key]):>+9.1f}")
+        print(f"\nsaved {final} ({'adapter' if self.args.finetune != 'full' else 'model'}); "
+              f"metrics in {self.metrics_path}")
+
+
+def save_checkpoint(out, model, optimizer, scheduler, round_, offline_data, rows):
+    """Everything a resumed run needs to continue exactly: weights being trained, optimizer, schedule,
+    random states, the offline data (if any) and the metrics rows so far."""
+    state = {"round": round_, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "offline_data": offline_data, "rows": rows,
+             "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+    path, prev = (os.path.join(out, name) for name in CHECKPOINTS)
+    with open(path + ".tmp", "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it replaces anything
+    if os.path.exists(path):
+        os.replace(path, prev)  # a kill between the two replaces leaves ckpt.prev.pt: still resumable
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(out, model, optimizer, scheduler):
+    """The newest usable checkpoint's state (restored into model, optimizer, scheduler and the random
+    generators), falling back to the previous one with a one-line note; None if the run never saved one."""
+    problems = []
+    for name in CHECKPOINTS:
+        path = os.path.join(out, name)
+        if not os.path.exists(path):
+            problems.append(f"{name} missing")
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            params = dict(model.named_parameters())
+            wanted = trainable_state(model)
+            if set(state["model"]) != set(wanted) or any(state["model"][k].shape != v.shape for k, v in wanted.items()):
+                raise ValueError("weights do not match this model")
+            rows = state["rows"]
+            assert isinstance(state["round"], int) and all(r["round"] <= state["round"] for r in rows)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except Exception as e:
+            problems.append(f"{name} unreadable ({type(e).__name__})")
+            continue
+        with torch.no_grad():
+            for k, v in state["model"].items():
+                params[k].copy_(v)
+        random.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if problems:
+            print(f"warning: {problems[0]}: resuming from {name} (round {state['round']}) instead", file=sys.stderr)
+        return state
+    if any("unreadable" in p for p in problems):
+        raise UsageError(f"--resume: no usable checkpoint in {out} ({'; '.join(problems)}): start the run again "
+                         "with --overwrite")
+    return None
+
+
+def write_atomic(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def read_jsonl_rows(path, upto_round):
+    """Rows of a jsonl file up to a round; unreadable lines (a kill mid-write) are dropped."""
+    rows = []
+    for line in open(path) if os.path.isfile(path) else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("round"), int) and row["round"] <= upto_round:
+            rows.append(row)
+    return rows
+
+
+def final_model(spec, cache_dir):
+    """(base model path, adapter path or None, the run's prompt style or None) for a model name, a model folder,
+    or a sept_mini.py run directory (its final/ model or adapter)."""
+    config = os.path.join(spec, "config.json")
+    if os.path.isdir(spec) and os.path.isfile(config) and "args" in json.load(open(config)):
+        run = json.load(open(config))
+        final = os.path.join(spec, "final")
+        if not os.path.isdir(final):
+            raise UsageError(f"run {spec} has no final/ model yet: let it finish, or evaluate its base model")
+        if run["args"]["finetune"] == "full":
+            return final, None, run["args"]["prompt_style"]
+        return run["model_path"], final, run["args"]["prompt_style"]
+    return resolve_model_path(spec, cache_dir), None, None
+
+
+def load_final_model(spec, cache_dir, device):
+    """(model, tokenizer, the run's prompt style or None) for evaluation: final_model(spec), adapter applied."""
+    base, adapter, style = final_model(spec, cache_dir)
+    model, tokenizer = load_model(base, "none", device)
+    if adapter:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, adapter)
+    return model, tokenizer, style

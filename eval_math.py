@@ -59,8 +59,7 @@ def print_tables(results, ks, sweep):
     best = max(results, key=lambda t: results[t]["mean"]["AVG"]) if sweep else None
     cols = [f"pass@{k}" for k in ks] + ["AVG"]
     for tau, rows in sorted(results.items()):
-        mark = "  <- baseline (best AVG)" if tau == best else ""
-        print(f"\n### tau = {tau:g}{' (greedy)' if tau == 0 else ''}{mark}\n")
+        print(f"\n### tau = {tau:g}{' (greedy)' * (tau == 0)}{'  <- baseline (best AVG)' * (tau == best)}\n")
         print("| benchmark | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
         for bench, row in rows.items():
             print(f"| {f'**{bench}**' if bench == 'mean' else bench} | " + " | ".join(f"{row[c]:.1f}" for c in cols)
@@ -108,12 +107,14 @@ def regrade(args):
     before = [s.get("correct") for s in samples]
     for s in samples:
         s["answer"], s["correct"] = grading.extract_answer(s["text"]), grading.grade(s["text"], s["gold"])
-    right = sum(not b and s["correct"] for b, s in zip(before, samples))
-    wrong = sum(b and not s["correct"] for b, s in zip(before, samples))
-    print(f"regraded {len(samples)} samples: {right + wrong} verdicts changed ({right} now right, {wrong} now wrong)")
-    key = lambda t: (t["tau"], t["benchmark"], t["id"])
-    n = sum(key(t) == key(samples[0]) for t in samples) if samples else 1  # samples per question
-    return finish(args, samples, n)
+    moved = [s for b, s in zip(before, samples) if bool(b) != s["correct"]]
+    right = sum(s["correct"] for s in moved)
+    print(f"regraded {len(samples)} samples: {len(moved)} verdicts changed ({right} now right, "
+          f"{len(moved) - right} now wrong)")
+    for s in moved[:20]:  # which ones: the answer the grader reads, against the gold
+        print(f"  now {'right' if s['correct'] else 'wrong'}: {s['answer']!r} against {s['gold']!r}")
+    key = lambda t: (t["tau"], t["benchmark"], t["id"])  # n: samples per question
+    return finish(args, samples, sum(key(t) == key(samples[0]) for t in samples) if samples else 1)
 
 
 def generate_and_grade(args):
@@ -134,8 +135,7 @@ def generate_and_grade(args):
     device = cli.pick_device(args.device)
     benches = {name: data.load_benchmark(name, args.data_dir, args.limit) for name in names}
     model, tok, style = rundir.load_final_model(args.model, args.cache_dir, device)
-    style = style if args.prompt_style == "auto" and style else args.prompt_style
-    style = cli.prompt_style_for(args.model) if style == "auto" else style
+    style = (style or cli.prompt_style_for(args.model)) if args.prompt_style == "auto" else args.prompt_style
     max_new = args.max_new_tokens or cli.default_max_new_tokens(args.model == "toy" or names == ["toy"])
     samples = []
     for tau, (name, questions) in ((t, b) for t in temps for b in benches.items()):

@@ -2,12 +2,12 @@
 
     python grading.py "... so the answer is \\boxed{\\dfrac{1}{2}}" "0.5"       # -> True
 
-extract_answer(text) returns the content of the LAST \\boxed{} or \\fbox{} (nested braces are fine),
-else the answer of the last "final answer is" / "the answer is" / "Final Answer:" sentence (the MATH
-few-shot format "Final Answer: The final answer is $X$. I hope it is correct."), else None.
+extract_answer(text) returns the content of the LAST \\boxed{} or \\fbox{} (nested braces are fine; boxes with
+only separators between them are one list; the math of a sentence in a box), else the answer of the last
+"final answer is" / "the answer is" / "Final Answer:" / "Answer:" line ("The smallest $k$ is 12" says 12), else None.
 grade(response, gold) is True when that answer is mathematically equal to gold, judged the way a
 careful human grader would: forms may differ (1,000 = 1000, \\frac12 = 0.5, x = 3 = 3, {1,2} = {2,1},
--x > -1 = x < 1, 2x-4y=2 = y=x/2-1/2), values may not (1.63 != 1.6, (3,pi) != (3,pi/2)).
+-x > -1 = x < 1, 2x-4y=2 = y=x/2-1/2), values may not (1.63 != 1.6, (3,pi) != (3,pi/2), y = 3 != x = 3, 21_3 != 21_4).
 One normalisation pipeline (clean) and one comparison (_equal): letters for multiple choice, exact
 numbers, relations as relations, sets order-free, tuples and intervals in order, matrices entry by
 entry, then sympy at random points. It never raises, and every call returns within about a second.
@@ -27,7 +27,11 @@ from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_app
                                         standard_transformations)
 
 BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
-FINAL = re.compile(r"final answer is|the answer is|final answer\s*:", re.IGNORECASE)
+FINAL = re.compile(r"final answer is|the answer is|final answer\s*:|^\W*answer\W*?(?=\s*[:$\\]|\s*$)",
+                   re.IGNORECASE | re.MULTILINE)  # ... or a line that starts "Answer:", "**Answer**", "Answer $7$"
+# what may stand between two boxes that together are the answer: \boxed{2}, \boxed{4} and $\boxed{6}$
+BETWEEN_BOXES = re.compile(r"[\s,;$]*(?:\\text\{\s*(?:and|or)?\s*\}|\\q?quad|\band\b|\bor\b)?[\s,;$]*")
+MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)  # $X$ (not \$), \(X\), \[X\]
 NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?")
 SCI = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))(?:\\times|\\cdot|\*|x)10\^\{?([+-]?\d+)\}?")
 MAX_LEN = 400  # longer "answers" are not final answers; refusing them keeps every call fast
@@ -47,22 +51,37 @@ def extract_answer(text):
     if not isinstance(text, str):
         return None
     text = re.sub(r"<\|[^|<>]*\|>|</s>", " ", text)  # chat-template tokens after the answer are not part of it
-    found, end = None, 0
+    boxes, end = [], 0  # the last run of boxes with only separators between them: \boxed{1}, \boxed{2} is "1, 2"
     for m in BOX.finditer(text):
         if m.start() < end:
             continue  # a box inside the box we already have: the outer one is the answer
+        joined = bool(boxes) and BETWEEN_BOXES.fullmatch(text[end:m.start()])
         content, end = _braced(text, m.end())
         if content is not None:
-            found = extract_answer(content) if BOX.search(content) else content  # \boxed{\boxed{7}}
-    if found is None:
+            content = extract_answer(content) if BOX.search(content) else _math_in_prose(content)  # \boxed{\boxed{7}}
+            boxes = boxes + [content] if joined else [content]
+    if boxes:
+        found = boxes[0] if len(set(boxes)) == 1 else ", ".join(boxes)  # \boxed{5} twice is one answer
+    else:
         hits = list(FINAL.finditer(text))  # "Final Answer: The final answer is X": the last phrase wins
         if not hits:
             return None
-        tail = text[hits[-1].end():].strip().lstrip(":").strip()
-        math = re.match(r"\$\$(.+?)\$\$|\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", tail, re.S)  # $X$ (not \$), \(X\), \[X\]
-        # else the sentence ends at ". " or the line's end ("3.5" keeps its point)
-        found = next(g for g in math.groups() if g) if math else re.split(r"\.(?:\s|$)|\n|,?\s+I hope", tail)[0]
+        tail = text[hits[-1].end():].strip().lstrip(":*").strip()
+        math = MATH.match(tail)
+        # else the sentence, up to ". " or the line's end ("3.5" keeps its point); "The smallest $k$ is 12" says 12
+        sentence = re.split(r"\.(?:\s|$)|\n|,?\s+I hope", tail)[0]
+        said = re.search(r"\s(?:is|are|equals)\s+([^$]*(?:\$[^$]*\$)?[^$]*)$", sentence)
+        found = next(g for g in math.groups() if g) if math else _math_in_prose(said.group(1) if said else sentence)
     return found.strip() or None
+
+
+def _math_in_prose(s):
+    """The math of a sentence: 'So $y \\leq 4$ is the answer.' -> 'y \\leq 4'. Only one piece of math, among words
+    that do not negate it; anything else (plain math, several pieces, 'not $2$') stays as it is."""
+    parts, prose = [next(g for g in m.groups() if g) for m in MATH.finditer(s)], MATH.sub(" ", s)
+    if len(parts) != 1 or "\\" in prose or re.search(r"(?i)\bno[rt]?\b|never|except|neither|unless|n't", prose):
+        return s
+    return parts[0] if re.search(r"[a-zA-Z]{2,}\s+[a-zA-Z]{2,}|^[^a-zA-Z]*[a-zA-Z]{3,}\b", prose) else s
 
 
 # -----------------------------------------------------------------------------
@@ -80,7 +99,7 @@ def _unwrap(s, command):
         s = s[:m.start()] + inner + s[end:]
 
 
-TEXT_CMDS = "(?:text|textnormal|textrm|mbox|mathrm)"
+TEXT_CMDS = "(?:text|textnormal|textrm|textbf|mbox|mathrm)"
 RELATIONS = [(r"\\geqslant|\\geq|\\ge(?![a-z])|≥|=>", ">="), (r"\\leqslant|\\leq|\\le(?![a-z])|≤|=<", "<="),
              (r"\\neq|\\ne(?![a-z])|≠", "!="), (r"\\gt(?![a-z])", ">"), (r"\\lt(?![a-z])", "<")]
 
@@ -88,47 +107,67 @@ RELATIONS = [(r"\\geqslant|\\geq|\\ge(?![a-z])|≥|=>", ">="), (r"\\leqslant|\\l
 def clean(s):
     s = s.replace("\\$", "").replace("$", "").strip()  # math-mode delimiters and dollar signs
     # units written as text after a value ("5\text{ cm}", "3\mbox{ inches}", "2\text{ m/s}"): a grader ignores them
-    s = re.sub(r"(?<=[\d}])\s*(?:\\[,;!: ]|~|\s)*\\" + TEXT_CMDS + r"\{\s*~?[a-zA-Z][a-zA-Z/^0-9 ]*\}(?:\^\{?\d\}?)?\s*$", "", s)
+    s = re.sub(r"(?<=[\d}])\s*(?:\\[,;!: ]|~|\s)*\\" + TEXT_CMDS + r"\{\s*~?[a-zA-Z][a-zA-Z/^0-9 ]*\}"
+               r"(?:\^\{?\d\}?)?\s*$", "", s)
     s = re.sub(r"(?<=\d),\\!\s*(?=\d{3})", ",", s)  # 20,\!160 and "4,\! 210": a thousands separator
     for cmd in ("text", "textnormal", "textrm", "textbf", "textit", "mbox", "mathrm", "mathbf", "mathit", "boldsymbol",
                 "displaystyle", "operatorname"):
         s = _unwrap(s, cmd)  # font and text wrappers change the look, not the value
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])\.?", "", s)  # delimiter sizing
-    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
     s = re.sub(r"\\(?:displaystyle|!|quad|qquad)", "", s)
     s = re.sub(r"(?<!\\)\\[,;:> ]|~", " ", s)  # LaTeX spaces (but not the row break \\ of a matrix)
     for pattern, ascii_op in RELATIONS:  # every spelling of a relation becomes one: \geq, \ge, \geqslant -> >=
         s = re.sub(pattern, ascii_op, s)
     s = s.replace("\\%", "%").replace("°", "")
-    s = re.sub(r"\s*\b(?:percent|pct)\b\.?", "%", s)  # "15 percent" is 15%
+    s = re.sub(r"\s*\b(?:percent(?:age)?|pct)\b\.?", "%", s)  # "15 percent" is 15%
     s = re.sub(r"\^\s*\{?\\circ\}?|\\circ|\s*\bdegrees?\b", "", s)  # degrees: 30^\circ and "30 degrees" are 30
     s = re.sub(r"(?<=\d)\{,\}(?=\d)", "", s)  # 1{,}000: LaTeX's spacing-free comma is a separator
-    s = s.replace("\\infty", "oo").replace("∞", "oo").replace("\\emptyset", "\\{\\}").replace("\\varnothing", "\\{\\}")
+    s = s.replace("\\infty", "oo").replace("∞", "oo")
+    s = s.replace("\\emptyset", "\\{\\}").replace("\\varnothing", "\\{\\}")
     s = re.sub(r"\\(?:dots|ldots|cdots)", "...", s)
     s = re.sub(r"\s*\\(?:cup|text\{ ?or ?\})\s*|\s+(?:and|or)\s+|\s*;\s*", ", ", s)  # several answers: one list
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)  # x_{1} = x_1
     s = s.strip().rstrip(".").strip()
     # thousands separators: only a whole number in groups of three, so the list "2,4" stays a list
-    if re.fullmatch(r"[+-]?\d{1,3}(?:(?:,|\s)\d{3})+(?:\.\d+)?", s):
+    if re.fullmatch(r"[+-]?[1-9]\d{0,2}(?:(?:,|\s)\d{3})+(?:\.\d+)?", s):
         s = re.sub(r"[,\s]", "", s)
-    m = re.fullmatch(r"([0-9A-Z]+)_(\d+)", s)  # a number in base b, 61_7: the digits are the answer
-    return re.sub(r"\s+", " ", m.group(1) if m else s)
+    return re.sub(r"\s+", " ", s)
 
 
 NAME = r"\\?[a-zA-Z]+(?:_\w+)?(?:\([a-z, ]*\))?"  # x, x_1, f(x), \theta, PQ
-LABEL = re.compile(rf"\s*({NAME}|\(\s*{NAME}(?:\s*,\s*{NAME})+\s*\)|\|{NAME}\||\\frac\{{{NAME}\}}\{{{NAME}\}}|{NAME}\s*:\s*{NAME})"
-                   r"\s*(?:=|\\in)\s*(.+)")
+LABEL = re.compile(rf"\s*({NAME}|\(\s*{NAME}(?:\s*,\s*{NAME})+\s*\)|\|{NAME}\||\\frac\{{{NAME}\}}\{{{NAME}\}}"
+                   rf"|{NAME}\s*:\s*{NAME})\s*(?:=|\\in)\s*(.+)")
 
 
 def _unlabel(s):
-    """Names are not answers: 'x = 3' -> '3', '(a,b) = (5,1)' -> '(5,1)', '|PQ| = 4' -> '4', 'x \\in [1,2]' ->
-    '[1,2]', and 'b = 7/3, a = 2' -> '(2, 7/3)' (values in the order of their names)."""
+    """(label, value): 'x = 3' -> ('x', '3'), '(a,b) = (5,1)', '|PQ| = 4', 'x \\in [1,2]' -> ('x', '[1,2]'), and
+    'b = 7/3, a = 2' -> ('a,b', '(2, 7/3)') (values in the order of their names); (None, s) when unlabelled."""
     m = LABEL.fullmatch(s)
     if m and not re.search(r"(?<![<>!])=", m.group(2)):
-        return m.group(2).strip()
-    parts = [LABEL.fullmatch(p) for p in _split_top(s, ",")]
+        return m.group(1), m.group(2).strip()
+    parts = sorted((LABEL.fullmatch(p) for p in _split_top(s, ",")), key=lambda p: p.group(1) if p else "")
     if len(parts) > 1 and all(parts):
-        return "(" + ", ".join(p.group(2).strip() for p in sorted(parts, key=lambda p: p.group(1))) + ")"
+        return ",".join(p.group(1) for p in parts), "(" + ", ".join(p.group(2).strip() for p in parts) + ")"
+    return None, s
+
+
+def _base_number(s):
+    """A number and its base: '61_7' -> (43, '61'); (None, '61') when the base has no such digits; else None."""
+    m = re.fullmatch(r"([0-9A-Z]+)_(\d+)", s)
+    if not m:
+        return None
+    try:
+        return int(m.group(1), int(m.group(2))), m.group(1)
+    except ValueError:
+        return None, m.group(1)
+
+
+def _decimal_comma(s, other):
+    """A response's '3,75' is 3.75 when the gold is one number with a fraction and ',75' is no group of thousands."""
+    m, value = re.fullmatch(r"([+-]?\d+),(\d+)", s), _number(other)
+    if m and (len(m.group(2)) != 3 or int(m.group(1)) == 0) and value is not None and value % 1:
+        return f"{m.group(1)}.{m.group(2)}"  # "3,0" against 3 stays the list it may be
     return s
 
 
@@ -156,8 +195,8 @@ def _interval_of_inequality(s):
     """A relation in one variable as its solution set: 'x > 3' -> '(3,oo)', '-x > -1' -> '(-oo,1)',
     '-2 <= x < 5' -> '[-2,5)', 'x != 2' -> '(-oo,2), (2,oo)'. Linear relations only; else None."""
     rel = r"\s*(<=|>=|!=|<|>)\s*"
-    m = re.fullmatch(r"([^<>!=]+?)" + rel + r"([a-zA-Z])" + rel + r"([^<>!=]+)", s)
-    if m and m.group(2)[0] == m.group(4)[0] and m.group(2)[0] in "<>":  # a chain, a < x <= b or b > x > a
+    m = re.fullmatch(r"([^<>!=]+?)" + rel + r"([a-zA-Z](?:\([a-z]\))?)" + rel + r"([^<>!=]+)", s)
+    if m and m.group(2)[0] == m.group(4)[0] and m.group(2)[0] in "<>":  # a chain, a < x <= b, b > f(x) > a
         lo, lo_op, hi_op, hi = (m.group(1), m.group(2), m.group(4), m.group(5))
         if lo_op[0] == ">":
             lo, lo_op, hi_op, hi = hi, hi_op, lo_op, lo
@@ -181,7 +220,8 @@ def _interval_of_inequality(s):
 
 def _matrix(s):
     """Rows of a matrix written as pmatrix, bmatrix, ... or an array inside brackets; else None."""
-    m = re.fullmatch(r"[\[(]?\s*\\begin\{([pbvBV]?matrix|smallmatrix|array)\}(?:\{[^}]*\})?(.*)\\end\{\1\}\s*[\])]?", s, re.S)
+    m = re.fullmatch(r"[\[(]?\s*\\begin\{([pbvBV]?matrix|smallmatrix|array)\}(?:\{[^}]*\})?(.*)\\end\{\1\}\s*[\])]?", s,
+                     re.S)
     if not m:
         return None
     return [[c.strip() for c in row.split("&")] for row in re.split(r"\\\\", m.group(2)) if row.strip()]
@@ -241,14 +281,16 @@ def _to_sympy(s):
     s = re.sub(r"\be\b", "E", s)  # a lone e in an expression is Euler's number (e^2, 3e); 1e5 never gets here
     # bR, xy: a short unknown word is a product of symbols; a longer one is prose or a unit we cannot compare
     s = re.sub(r"[a-zA-Z]+", lambda w: w[0] if w[0] in FUNCS | GREEK or len(w[0]) > 3 else " ".join(w[0]), s)
-    if re.search(r"[^\w\s+\-*/().,]|_", s) or any(w not in FUNCS | GREEK and len(w) > 1 for w in re.findall(r"[a-zA-Z]+", s)):
+    words = re.findall(r"[a-zA-Z]+", s)
+    if re.search(r"[^\w\s+\-*/().,]|_", s) or any(w not in FUNCS | GREEK and len(w) > 1 for w in words):
         return None
     if re.search(r"\*\*\s*\(?\s*\d{4,}|\*\*\s*\(*[\w.]+\s*\*\*|\de[+-]?\d{4,}", s, re.I):
         return None  # 9^{99999}, 9^{9^9}, 1e99999: C-level big-number work no alarm can stop
     try:
         tr = standard_transformations + (implicit_multiplication_application, convert_xor)
         return parse_expr(s.replace("binom", "binomial").replace("ln", "log"), transformations=tr, evaluate=True,
-                          local_dict={"E": sympy.E, "I": sympy.I, "pi": sympy.pi, **{g: sympy.Symbol(g) for g in GREEK}})
+                          local_dict={"E": sympy.E, "I": sympy.I, "pi": sympy.pi,
+                                      **{g: sympy.Symbol(g) for g in GREEK}})
     except Exception:
         return None
 
@@ -301,9 +343,16 @@ def _equal(pred, gold):
         return _choice(pred) == _choice(gold)
     if "=" in pred and "=" in gold and _relation_equal(pred, gold):
         return True
-    pred, gold = clean(_unlabel(pred)), clean(_unlabel(gold))  # once unlabelled, "10,\!080" is a whole number again
+    (pred_label, pred), (gold_label, gold) = _unlabel(pred), _unlabel(gold)
+    if pred_label and gold_label and re.sub(r"\s", "", pred_label).lower() != re.sub(r"\s", "", gold_label).lower():
+        return False  # y = 3 does not answer "x = 3", nor PB/AP = 1/2 "AP/PB = 1/2": a label is part of the answer
+    pred, gold = clean(pred), clean(gold)  # once unlabelled, "10,\!080" is a whole number again
     if pred == gold:
         return True
+    pb, gb = _base_number(pred), _base_number(gold)
+    if pb or gb:  # 21_3 != 21_4: the base is part of the number; a bare "21" against 21_4 writes the digits asked for
+        return pb[0] is not None and pb[0] == gb[0] if pb and gb else (pb or gb)[1] == (gold if pb else pred)
+    pred = _decimal_comma(pred, gold)
     p, g = _number(pred.rstrip("%")), _number(gold.rstrip("%"))
     if p is not None and g is not None:  # 10% = 10 = 0.1 when one side has the % sign
         if pred.endswith("%") != gold.endswith("%"):

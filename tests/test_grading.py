@@ -11,6 +11,7 @@ import grading
 from conftest import BENCHMARKS
 
 B = lambda s: "The answer is therefore \\boxed{" + s + "}."  # a response that boxes s
+X = lambda s: "\\boxed{" + s + "}"  # a box alone
 FS = lambda s: "Final Answer: The final answer is " + s + ". I hope it is correct."  # the MATH few-shot format
 
 EXTRACT = [  # (response, extracted answer)
@@ -190,6 +191,61 @@ CASES.update({
         (B("40 degrees"), "40", True), (B("40"), "40^\\circ", True), (B("41 degrees"), "40", False),
         (B("\\left( 5 \\right)"), "5", True), (B("\\left( \\frac12 \\right)"), "0.5", True),
         (B("\\sqrt{12.5}"), "\\frac{5\\sqrt{2}}{2}", True), (B("\\sqrt{12.6}"), "\\frac{5\\sqrt{2}}{2}", False),
+    ],
+})
+CASES.update({  # issue 18: no false accepts, and the shapes real models write
+    "a label is part of the answer": [
+        (B("P = (2, 3)"), "P = (2, 3)", True), (B("(2, 3)"), "P = (2, 3)", True), (B("P = (2, 3)"), "(2, 3)", True),
+        (B("P = (2, 3.5)"), "P = (2, 3)", False), (B("Q = (2, 3)"), "P = (2, 3)", False),
+        (B("y = 3"), "x = 3", False), (B("X = 3"), "x = 3", True), (B("x = 3"), "x = 3.0", True),
+        (B("\\frac{PB}{AP} = \\frac{1}{2}"), "\\frac{AP}{PB} = \\frac{1}{2}", False),
+        (B("|QR| = 4"), "|PQ| = 4", False), (B("b = 2, a = 1"), "a = 1, b = 2", True),
+        (B("a = 1, c = 2"), "a = 1, b = 2", False),
+    ],
+    "a base subscript is part of the number": [
+        (B("21_3"), "21_4", False), (B("21_4"), "21_{4}", True), (B("1011_2"), "11_{10}", True),
+        (B("204_5"), "204_{5}", True), (B("203_5"), "204_5", False), (B("A_{16}"), "10_{16}", False),
+        (B("A_{16}"), "10_{10}", True),
+    ],
+    "several boxes that together are the answer": [
+        ("So the pairs are " + X("(1, 4)") + " \\text{ and } " + X("(5, 3)") + ".", "(1, 4), (5, 3)", True),
+        ("So the pairs are " + X("(1, 4)") + " \\text{ and } " + X("(5, 4)") + ".", "(1, 4), (5, 3)", False),
+        ("The roots are $" + X("2") + "$, $" + X("4") + "$, and $" + X("6") + "$.", "\\{2,4,6\\}", True),
+        ("The roots are " + X("2") + ", " + X("4") + ", " + X("7"), "\\{2,4,6\\}", False),
+        (B("2, 4, 6"), X("2") + ", " + X("4") + ", " + X("6"), True),
+        (B("2, 4"), X("2") + ", " + X("4") + ", " + X("6"), False),
+        ("first " + X("3") + " is only a step, so the answer is " + X("5"), "5", True),
+        ("first " + X("3") + " is only a step, so the answer is " + X("5"), "3, 5", False),
+        ("The answer is " + X("5") + ".\n\n" + X("5"), "5", True), ("x = " + X("5") + " or " + X("-5"), "\\pm 5", True),
+    ],
+    "a sentence in the box": [
+        (B("So $y \\leq 4$ is the answer."), "y \\le 4", True), (B("So $y \\leq 5$ is the answer."), "y \\le 4", False),
+        (B("The zero matrix $\\begin{pmatrix}0&0\\\\0&0\\end{pmatrix}$ works."),
+         "\\begin{pmatrix}0&0\\\\0&0\\end{pmatrix}", True),
+        (B("The zero matrix $\\begin{pmatrix}0&1\\\\0&0\\end{pmatrix}$ works."),
+         "\\begin{pmatrix}0&0\\\\0&0\\end{pmatrix}", False),
+        (B("It is not $2$."), "2", False), (B("The answer is $2$ or $3$."), "2", False),
+    ],
+    "an unboxed final line": [
+        ("Final Answer: The smallest $k$ is 12.", "12", True), ("Final Answer: The smallest $k$ is 13.", "12", False),
+        ("So we are done.\nAnswer $ 7 $", "7", True), ("Answer \\[ 7 \\]", "7", True), ("Answer $ 8 $", "7", False),
+        ("**Answer:** $\\frac{1}{2}$", "0.5", True), ("**Answer:** $\\frac{1}{3}$", "0.5", False),
+        ("We compute and find the answer 12 after a long time", "12", False),
+    ],
+    "cfrac, bold units, percentage": [
+        (B("\\cfrac{1}{3}"), "1/3", True), (B("\\cfrac{1}{4}"), "1/3", False),
+        (B("\\frac{1}{3} \\textbf{meters}"), "\\frac13", True), (B("\\frac{1}{4} \\textbf{meters}"), "\\frac13", False),
+        (B("28 percentage"), "28\\%", True), (B("29 percentage"), "28\\%", False),
+    ],
+    "a relation against its solution set": [  # a chain a < f(x) < b is the interval (a, b): a range is a set
+        (B("x \\in [-3, 5]"), "-3 \\le x \\le 5", True), (B("-3 \\le x \\le 5"), "[-3, 5]", True),
+        (B("x \\in [-3, 5)"), "-3 \\le x \\le 5", False), (B("2 < g(x) < 3"), "(2, 3)", True),
+        (B("2 < g(x) < 4"), "(2, 3)", False), (B("(2, 3)"), "2 < f(x) < 3", True),
+    ],
+    "a decimal comma": [
+        (B("3,75"), "3.75", True), (B("3,76"), "3.75", False), (B("0,111"), "0.111", True),
+        (B("1000,99"), "1000.99", True), (B("3,75"), "3, 75", True), (B("1,000"), "1000", True),
+        (B("1,000"), "1", False), (B("2,4"), "\\{2,4\\}", True), (B("-3"), "-3,0", False), (B("3,0"), "3", False),
     ],
 })
 TABLE = [(cat, *case) for cat, cases in CASES.items() for case in cases]

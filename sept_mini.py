@@ -299,17 +299,17 @@ def evaluate(model, tokenizer, questions, style, max_new_tokens, samples, batch_
 # -----------------------------------------------------------------------------
 # the loop (Algorithm 1), and the three steps of a round it calls
 
-def sample_round(policy, tokenizer, pool, round_, args, plan, stop_ids):
+def sample_round(policy, tokenizer, pool, round_, args, stop_ids):
     """(tau_sample, rollouts): this rank's share of round `round_`'s questions, each answered --rollouts times."""
     tau = tau_sample_at(round_, args.rounds, args.tau_sample, args.tau_train, args.anneal)
     questions = distributed.rank_share(data.round_questions(pool, round_, args.prompts_per_round, args.seed))
     prompts = [build_prompt(tokenizer, q["question"], args.prompt_style) for q in questions]
 
-    def draw(batch_size):
+    def draw(model, batch_size, static_cache):
         torch.manual_seed(args.seed * 100_003 + round_ + distributed.rank_seed())  # each round its own: exact resume
-        return rollout(policy, tokenizer, prompts * args.rollouts, tau, args.max_new_tokens, batch_size, stop_ids,
-                       desc=f"round {round_} sampling", static_cache=plan.static_cache)
-    return tau, memory.halving_on_oom(draw, plan, "gen_batch_size", f"sampling round {round_}")
+        return rollout(model, tokenizer, prompts * args.rollouts, tau, args.max_new_tokens, batch_size, stop_ids,
+                       desc=f"round {round_} sampling", static_cache=static_cache)
+    return tau, policy.sample(draw, f"sampling round {round_}")
 
 
 def train_round(model, optimizer, scheduler, rollouts, round_, args, plan, pad_id, ddp, last_saved):
@@ -332,15 +332,15 @@ def train_round(model, optimizer, scheduler, rollouts, round_, args, plan, pad_i
     return sum(losses) / len(losses), distributed.global_sum(n_tokens)
 
 
-def evaluate_heldout(policy, tokenizer, heldout, round_, args, plan):
+def evaluate_heldout(policy, tokenizer, heldout, round_, args):
     """Held-out scores at round `round_`: each rank grades its share, weighted back together; rank 0 prints."""
     share = distributed.rank_share(heldout)
     scores = {"pass@1": 0.0, "greedy": 0.0}  # a rank with no share (more ranks than questions) adds nothing
     if share:
         seed = args.seed + 7919 * round_ + distributed.rank_seed()
-        scores = memory.halving_on_oom(
-            lambda batch: evaluate(policy, tokenizer, share, args.prompt_style, args.max_new_tokens, args.eval_samples,
-                                   batch, seed, plan.static_cache), plan, "gen_batch_size", "in evaluation")
+        scores = policy.sample(lambda model, batch, static_cache: evaluate(
+            model, tokenizer, share, args.prompt_style, args.max_new_tokens, args.eval_samples, batch, seed,
+            static_cache), "in evaluation")
     if distributed.ddp_world() > 1:
         scores = {k: distributed.global_sum(v * len(share)) / len(heldout) for k, v in scores.items()}
     console.report(f"round {round_:4d} | held-out pass@1 (tau=1) {100 * scores['pass@1']:5.1f} | "
@@ -375,15 +375,15 @@ def main(argv=None):
             distributed.compute_cleanup()
             return run.rows
         ddp = distributed.wrap_ddp(model, answer_nll)  # None in a single process
-        policy, refresh_policy = memory.sampling_policy(model, plan, args.device)  # model's weights, maybe a copy
+        policy = memory.Policy(model, plan, args.device)  # what generate samples from: model's weights, maybe a copy
         run.open(plan)
 
         if run.start == 0 and args.eval_every:
-            run.log({"round": 0, **evaluate_heldout(policy, tokenizer, heldout, 0, args, plan)})
+            run.log({"round": 0, **evaluate_heldout(policy, tokenizer, heldout, 0, args)})
         if args.offline and run.offline_data is None:  # the ablation: all data from the initial model, once
             rounds = console.progress(range(1, args.rounds + 1), "offline sampling")
             run.offline_data = distributed.gather_objects(
-                {r: sample_round(policy, tokenizer, pool, r, args, plan, stop_ids) for r in rounds})
+                {r: sample_round(policy, tokenizer, pool, r, args, stop_ids) for r in rounds})
 
         for round_ in console.progress(range(run.start + 1, args.rounds + 1), "SePT rounds", total=args.rounds,
                                        initial=run.start):
@@ -391,14 +391,14 @@ def main(argv=None):
             if args.offline:
                 tau, rollouts = run.offline_data[rank][round_]
             else:  # sample at tau_sample from the current model...
-                tau, rollouts = sample_round(policy, tokenizer, pool, round_, args, plan, stop_ids)
+                tau, rollouts = sample_round(policy, tokenizer, pool, round_, args, stop_ids)
             answer_tokens, n_rollouts, n_truncated = distributed.global_sum(
                 sum(len(r["answer_ids"]) for r in rollouts), len(rollouts), sum(r["truncated"] for r in rollouts))
             t1 = time.time()  # after the sums above, which wait for every rank: the round's sampling wall time
             # ...then train on the samples at tau_train
             loss, n_tokens = train_round(model, optimizer, scheduler, rollouts, round_, args, plan, pad_id, ddp,
                                          run.last_saved)
-            refresh_policy()  # the sampler's copy takes the new weights
+            policy.refresh()  # the sampler's copy takes the new weights
             t2 = time.time()
             run.log_samples(round_, rollouts[:2], tokenizer)
             row = {"round": round_, "tau_sample": round(tau, 4), "loss": loss, "lr": scheduler.get_last_lr()[0],
@@ -408,7 +408,7 @@ def main(argv=None):
             if args.device == "cuda":
                 row["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30  # rank 0's, under torchrun
             if args.eval_every and (round_ % args.eval_every == 0 or round_ == args.rounds):
-                row.update(evaluate_heldout(policy, tokenizer, heldout, round_, args, plan))
+                row.update(evaluate_heldout(policy, tokenizer, heldout, round_, args))
             run.log({**row, **plan.take_changes()})  # what an out-of-memory retry changed, if anything
             run.save_if_due(round_, model, optimizer, scheduler)
 

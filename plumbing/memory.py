@@ -7,6 +7,7 @@ import sys
 import torch
 
 from plumbing import UsageError
+from plumbing.models import first_line
 
 GPU_BUDGET_GB = 6.0  # so the defaults run on an 8 GB card; a smaller card gets 80% of its memory
 
@@ -101,13 +102,51 @@ def halving_on_oom(run, plan, field, what, retry=True):
             print(f"warning: out of GPU memory {what}: retrying with {flag} {size // 2}", file=sys.stderr)
 
 
-def sampling_policy(model, plan, device):
-    """(the model generate samples from, a function to call after each update). The fast sampler's merged copy
-    has the same weights as the trained model; --sampler plain samples from the trained model itself."""
-    if plan.sampler != "fast":
-        return model, lambda: None
-    sampler = MergedSampler(model, torch.bfloat16 if device == "cuda" else torch.float32)
-    return sampler.model, sampler.refresh
+class Policy:
+    """What generate samples from: the merged copy (--sampler fast) or the trained model itself (plain), with the
+    out-of-memory retry. The fast paths that only CUDA takes (the static KV cache with its compiled forward, the
+    merged copy there) have never run in this project's tests; when one raises, sampling falls back to the path
+    the tests cover, says so in one line, and stays there."""
+
+    def __init__(self, model, plan, device):
+        self.trained, self.plan, self.merged = model, plan, None
+        if plan.sampler == "fast":
+            try:
+                self.merged = MergedSampler(model, torch.bfloat16 if device == "cuda" else torch.float32)
+            except Exception as e:  # noqa: BLE001 - any failure of the fast path: take the reference path
+                self.fall_back(e)
+
+    @property
+    def model(self):
+        return self.merged.model if self.merged else self.trained
+
+    def refresh(self):
+        """After an update: the merged copy takes the new weights (the trained model has them already)."""
+        if self.merged:
+            self.merged.refresh()
+
+    def sample(self, draw, what):
+        """draw(model, batch_size, static_cache), halving the batch on out-of-memory, falling back on failure."""
+        while True:
+            try:
+                return halving_on_oom(lambda size: draw(self.model, size, self.plan.static_cache), self.plan,
+                                      "gen_batch_size", what)
+            except (UsageError, torch.OutOfMemoryError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # noqa: BLE001
+                if not (self.plan.static_cache or self.merged):
+                    raise  # the reference path itself failed: a real error
+                self.fall_back(e)
+
+    def fall_back(self, error):
+        fast = "static KV cache" if self.plan.static_cache else "fast (merged) sampler"
+        plain = "a dynamic KV cache" if self.plan.static_cache else "the trained model (--sampler plain)"
+        print(f"warning: the {fast} failed ({type(error).__name__}: {first_line(error, 80)}): sampling with {plain} "
+              "from now on", file=sys.stderr)
+        if self.plan.static_cache:
+            self.plan.static_cache = False
+        else:
+            self.merged, self.plan.sampler = None, "plain"
 
 
 class MergedSampler:

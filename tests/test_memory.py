@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import sept_mini as sm
+from conftest import comparable
 from plumbing import memory, models
 
 
@@ -155,3 +156,57 @@ def test_static_cache_with_padded_prompts_gives_the_same_greedy_answers(tiny_mod
     static = sm.rollout(model, tok, prompts, 0.0, 12, static_cache=True)
     assert [r["answer_ids"] for r in static] == [r["answer_ids"] for r in dynamic]
     assert [r["prompt_ids"] for r in static] == [r["prompt_ids"] for r in dynamic]  # padding never enters the data
+
+
+def lora_args(model_dir, out, *extra):
+    return tiny_args(model_dir, out, "--finetune", "lora", "--lora-rank", "4", "--lr", "1e-3", "--eval-every", "2",
+                     "--eval-size", "4", *extra)
+
+
+def test_a_failing_static_cache_falls_back_to_the_dynamic_cache_with_one_line(tiny_model_dir, tmp_path, monkeypatch,
+                                                                            capsys):
+    reference = sm.main(lora_args(tiny_model_dir, tmp_path / "a"))
+    real_plan, real_rollout = memory.plan_memory, sm.rollout
+
+    def cuda_like_plan(*a, **k):  # the plan a GPU gets: fast sampler with a static cache and compiled forward
+        plan = real_plan(*a, **k)
+        plan.static_cache = True
+        return plan
+
+    def rollout(*a, static_cache=False, **k):
+        if static_cache:
+            raise RuntimeError("torch.compile failed (simulated)")
+        return real_rollout(*a, static_cache=static_cache, **k)
+    monkeypatch.setattr(memory, "plan_memory", cuda_like_plan)
+    monkeypatch.setattr(sm, "rollout", rollout)
+    capsys.readouterr()
+    fell_back = sm.main(lora_args(tiny_model_dir, tmp_path / "b"))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warnings == ["warning: the static KV cache failed (RuntimeError: torch.compile failed (simulated)): "
+                        "sampling with a dynamic KV cache from now on"]  # once, not every round
+    assert comparable(fell_back) == comparable(reference)  # the same run as on the tested path
+
+
+@pytest.mark.parametrize("when", ["building", "sampling"])
+def test_a_failing_merged_sampler_falls_back_to_the_trained_model_with_one_line(tiny_model_dir, tmp_path, monkeypatch,
+                                                                              capsys, when):
+    plain = sm.main(lora_args(tiny_model_dir, tmp_path / "plain", "--sampler", "plain"))
+    if when == "building":
+        def broken(*a, **k):
+            raise RuntimeError("dequantize failed (simulated)")
+        monkeypatch.setattr(memory, "MergedSampler", broken)
+    else:
+        real_rollout = sm.rollout
+
+        def rollout(model, *a, **k):
+            if not hasattr(model, "peft_config"):  # the merged copy is a plain transformers model
+                raise RuntimeError("dequantize failed (simulated)")
+            return real_rollout(model, *a, **k)
+        monkeypatch.setattr(sm, "rollout", rollout)
+    capsys.readouterr()
+    rows = sm.main(lora_args(tiny_model_dir, tmp_path / "fast", "--sampler", "fast"))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and "fast (merged) sampler failed" in warnings[0] and "--sampler plain" in warnings[0]
+    # the merged copy and the trained model sample the same distribution, not the same floats: compare what
+    # does not depend on the last bits (the reference comparisons of the two samplers are the tests above)
+    assert [r["round"] for r in rows] == [r["round"] for r in plain] and all("pass@1" in rows[i] for i in (0, 2))

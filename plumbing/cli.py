@@ -94,7 +94,8 @@ def build_parser():
       "it off (default: 10)")
     a("--eval-size", type=int, default=256, help="held-out questions per evaluation (default: 256)")
     a("--eval-samples", type=int, default=2, help="samples per question for held-out pass@1 at tau=1 (default: 2)")
-    a("--save-every", type=int, default=10, help="write the resumable checkpoint every N rounds (default: 10)")
+    a("--save-every", type=int, default=10, help="write the resumable checkpoint every N rounds, and after any round "
+      "that ends a minute or more after the last checkpoint (default: 10)")
     a("--seed", type=int, default=0, help="seed for question order, sampling and initialisation; for the toy model "
       "it also picks the toy base model (each seed builds its own) (default: 0)")
     a("--device", default="auto", help="auto, cpu or cuda (default: auto, cuda when available)")

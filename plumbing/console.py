@@ -19,9 +19,17 @@ def one_line_errors(prog):
 
 
 def quiet_libraries():
-    """Our generation config is explicit on purpose, and a failed hub load is reported in one line."""
+    """A first screen without library messages a user cannot act on: our generation config is explicit on purpose,
+    a failed hub load is reported in one line, transformers' renamed gradient-checkpointing API (called by peft) is
+    not ours to fix, and bitsandbytes on AVX512-BF16 CPUs logs at import that an optional kernel package is absent."""
+    import logging
+    import warnings
+
     import huggingface_hub
     import transformers
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # before bitsandbytes is first imported (by peft)
+    warnings.filterwarnings("ignore", message=r".*(is_gradient_checkpointing|gradient_checkpointing_enable)",
+                            category=FutureWarning)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # 'Loading weights' bars: instant for small models
     huggingface_hub.utils.logging.set_verbosity_error()

@@ -49,6 +49,9 @@ def check_4bit(device):
     except Exception as e:
         raise UsageError(f"--finetune qlora needs bitsandbytes 4-bit support on {device} ({type(e).__name__}: "
                          f"{first_line(e, 80)}); use --finetune lora or install bitsandbytes>=0.45") from None
+    if device == "cpu" and ddp_rank() == 0:
+        print("note: 4-bit on a CPU runs through bitsandbytes' slow CPU kernels (it saves memory, not time); "
+              "--finetune lora is faster where the weights fit", file=sys.stderr)
 
 
 def layers_kept_out_of_4bit(path):

@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import sys
+import time
 
 import torch
 
@@ -17,6 +18,7 @@ from plumbing.distributed import ddp_rank
 from plumbing.models import load_model, resolve_model_path, trainable_state
 
 CHECKPOINTS = ("ckpt.pt", "ckpt.prev.pt")  # newest first
+CHECKPOINT_EVERY_S = 60  # a real model's round takes minutes: none of them is lost to a kill (see save_if_due)
 
 
 class RunDir:
@@ -28,6 +30,7 @@ class RunDir:
         self.metrics_path = os.path.join(self.out, "metrics.jsonl")
         self.samples_path = os.path.join(self.out, "samples.jsonl")
         self.start, self.last_saved, self.rows, self.offline_data = 0, 0, [], None
+        self.last_save_time = time.time()
 
     def resume(self, model, optimizer, scheduler):
         """With --resume, restore the newest usable checkpoint into model, optimizer and scheduler. Returns False
@@ -92,9 +95,12 @@ class RunDir:
                             + "\n")
 
     def save_if_due(self, round_, model, optimizer, scheduler):
-        if self.main_rank and (round_ % self.args.save_every == 0 or round_ == self.args.rounds):
+        """A checkpoint every --save-every rounds, after the last round, and after any round that ends a minute or
+        more after the last checkpoint: with a real model on a CPU no finished round is lost to a kill."""
+        due = round_ % self.args.save_every == 0 or round_ == self.args.rounds
+        if self.main_rank and (due or time.time() - self.last_save_time >= CHECKPOINT_EVERY_S):
             save_checkpoint(self.out, model, optimizer, scheduler, round_, self.offline_data, self.rows)
-            self.last_saved = round_
+            self.last_saved, self.last_save_time = round_, time.time()
 
     def finish(self, model, tokenizer):
         """Save the final model (or adapter) and print the before/after table (rank 0)."""

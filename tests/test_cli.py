@@ -221,3 +221,24 @@ def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tin
     import torch
     assert torch.load(out / "ckpt.pt", weights_only=False)["round"] == 2
     assert all(torch.isfinite(v).all() for v in torch.load(out / "ckpt.pt", weights_only=False)["model"].values())
+
+
+@pytest.mark.parametrize("finetune", ["lora", "qlora"])
+def test_the_first_screen_has_no_library_warnings(finetune, tiny_model_dir, tmp_path):
+    """What a user sees is ours: the plan, progress, a note they can act on; no FutureWarning from a library."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "sept_mini.py"), *tiny_args(tiny_model_dir, tmp_path / "run"),
+                        "--finetune", finetune, "--grad-checkpointing", "on", "--lr", "1e-3"],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr and "warnings.warn" not in r.stderr, r.stderr
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note:")]
+    assert (len(notes) == 1 and "slow CPU kernels" in notes[0]) if finetune == "qlora" else not notes
+
+
+def test_bitsandbytes_import_messages_stay_off_the_screen(capsys):
+    import logging
+    from plumbing import console
+    console.quiet_libraries()
+    logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward (simulated)")
+    assert "gemm_4bit" not in capsys.readouterr().err

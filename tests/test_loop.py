@@ -131,3 +131,27 @@ def test_verl_parquet_questions_load():
     qs = data.load_questions(os.path.join(BENCHMARKS, "math500.parquet"))
     assert len(qs) == 500 and qs[0]["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
     assert qs[0]["question"].startswith("Convert the point $(0,3)$")
+
+
+def test_a_round_that_ends_a_minute_after_the_last_checkpoint_is_saved(tiny_model_dir, tmp_path, monkeypatch):
+    """A real model's round takes minutes on a CPU: a kill must not cost finished rounds, whatever --save-every."""
+    from plumbing import rundir
+    real_update = sm.sept_update
+
+    def killed_in_round_2(*a, **k):
+        if killed_in_round_2.calls == 1:
+            raise KeyboardInterrupt  # the process dies in round 2's update
+        killed_in_round_2.calls += 1
+        return real_update(*a, **k)
+    for every_s, saved in ((60, None), (0, 1)):  # rounds of a second: none saved; rounds "of a minute": round 1 saved
+        killed_in_round_2.calls = 0
+        monkeypatch.setattr(rundir, "CHECKPOINT_EVERY_S", every_s)
+        monkeypatch.setattr(sm, "sept_update", killed_in_round_2)
+        out = tmp_path / f"every-{every_s}"
+        with pytest.raises(KeyboardInterrupt):
+            sm.main(tiny_args(tiny_model_dir, out, "--rounds", "3", "--save-every", "100"))
+        ckpt = out / "ckpt.pt"
+        assert (torch.load(ckpt, weights_only=False)["round"] if ckpt.exists() else None) == saved
+    monkeypatch.setattr(sm, "sept_update", real_update)
+    rows = sm.main(["--out", str(tmp_path / "every-0"), "--resume"])
+    assert [r["round"] for r in rows] == [1, 2, 3]

@@ -364,7 +364,7 @@ def main(argv=None):
         if rank == 0:
             print(plan.text)
         model, tokenizer = models.load_model(model_path, args.finetune, args.device, args.lora_rank,
-                                             grad_checkpointing=plan.grad_checkpointing)
+                                             grad_checkpointing=plan.grad_checkpointing, dtype=args.dtype)
         stop_ids, pad_id = models.stop_token_ids(model, tokenizer), tokenizer.pad_token_id
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                       weight_decay=args.weight_decay)
@@ -405,6 +405,7 @@ def main(argv=None):
                    "answer_len": answer_tokens / n_rollouts, "truncated": n_truncated / n_rollouts,
                    "gen_tokens_per_s": None if args.offline else answer_tokens / max(t1 - t0, 1e-9),
                    "train_tokens_per_s": n_tokens / max(t2 - t1, 1e-9), "round_s": t2 - t0}
+            row["peak_rss_gb"] = memory.peak_rss_gb()  # this process's, so far: the plan's estimate is checked here
             if args.device == "cuda":
                 row["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30  # rank 0's, under torchrun
             if args.eval_every and (round_ % args.eval_every == 0 or round_ == args.rounds):

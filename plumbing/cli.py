@@ -29,6 +29,16 @@ def prompt_style_for(model_name):
     return "user" if "instruct" in model_name.lower() else "system"
 
 
+def cpu_has_bf16():
+    """True on CPUs that compute bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:  # not Linux: assume emulated
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def pick_device(device):
     """'auto' -> cuda when available, else cpu; an unavailable device is one line."""
     if device == "auto":
@@ -79,9 +89,15 @@ def build_parser():
       "GPU when their KV cache would not fit a quarter of the memory budget)")
     a("--micro-batch-tokens", type=int, default=None, help="padded tokens per forward/backward; gradients accumulate "
       "over micro-batches (default: planned: 8192 on a GPU, 16384 on CPU)")
+    a("--memory-budget-gb", type=float, default=None, help="memory the run may use; the plan picks micro-batches, "
+      "gradient checkpointing and the sampler to fit it (default: 80%% of the free RAM on a CPU; on a GPU min(6, 80%% "
+      "of the card))")
     a("--sampler", choices=["auto", "fast", "plain"], default="auto", help="fast: sample from a merged copy of the "
       "LoRA policy (static cache and compiled on CUDA); plain: from the training model itself, the reference "
       "(default: auto = fast for LoRA/QLoRA when the copy fits in memory, else plain)")
+    a("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="the frozen weights' dtype for LoRA/QLoRA; the "
+      "trained LoRA weights and the optimizer stay fp32 (default: auto = bf16 on a GPU and on a CPU with AVX512-BF16 "
+      "or AMX, fp32 elsewhere, and always fp32 for full fine-tuning)")
     a("--lora-rank", type=int, default=16, help="LoRA rank r, with alpha = 2r (default: 16)")
     a("--grad-checkpointing", choices=["auto", "on", "off"], default="auto", help="recompute activations in backward "
       "to save memory (default: auto = on for real models on a GPU, off otherwise)")
@@ -181,7 +197,7 @@ def validate(args):
     toy = args.model == "toy"
     args.rounds = (TOY_ROUNDS if toy else 100) if args.rounds is None else args.rounds
     args.prompts_per_round = (TOY_PROMPTS if toy else 64) if args.prompts_per_round is None else args.prompts_per_round
-    for name in ("tau_sample", "tau_train", "lr"):
+    for name in ("tau_sample", "tau_train", "lr", "memory_budget_gb"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UsageError(f"--{name.replace('_', '-')} must be a finite number > 0 (got {value})"
@@ -201,6 +217,11 @@ def validate(args):
         raise UsageError("--updates-per-round cannot exceed prompts-per-round x rollouts (each update needs answers)")
     args.device = pick_device(args.device)
     args.finetune = args.finetune or ("full" if toy else "qlora" if args.device == "cuda" else "lora")
+    if args.dtype == "bf16" and args.finetune == "full":
+        raise UsageError("--dtype bf16 needs --finetune lora or qlora (full fine-tuning keeps fp32 weights for AdamW)")
+    if args.dtype == "auto":
+        native_bf16 = args.device == "cuda" or cpu_has_bf16()
+        args.dtype = "bf16" if args.finetune != "full" and native_bf16 else "fp32"
     args.dataset = args.dataset or ("toy" if toy else HUB_QUESTIONS)
     args.eval_dataset = args.eval_dataset or ("toy" if toy else HUB_EVAL)
     args.anneal = args.anneal or ("none" if toy else "paper")

@@ -7,6 +7,7 @@ import sys
 import torch
 
 from plumbing import UsageError
+from plumbing.distributed import ddp_rank
 from plumbing.models import first_line
 
 GPU_BUDGET_GB = 6.0  # so the defaults run on an 8 GB card; a smaller card gets 80% of its memory
@@ -16,6 +17,7 @@ GPU_BUDGET_GB = 6.0  # so the defaults run on an 8 GB card; a smaller card gets 
 class Plan:
     """How a round is cut to fit the device. Read by the loop; an out-of-memory retry changes it (changes)."""
     sampler: str               # 'fast' (a merged copy of the policy) or 'plain' (the training model itself)
+    dtype: str                 # 'fp32' or 'bf16': the frozen weights, the computation and the sampler's copy
     gen_batch_size: int        # prompts per generate call
     micro_batch_tokens: int    # padded tokens per forward/backward
     grad_checkpointing: bool
@@ -34,46 +36,96 @@ class Plan:
         return changes
 
 
+# What a LoRA update holds in memory on a CPU, measured with the real Qwen2.5-0.5B (fp32, peak resident memory of
+# one update of 1,024 to 4,096 tokens, answers of 256 and 512 tokens; README "A real model on a CPU"): a part that
+# grows with the micro-batch, in numbers per token and layer per (hidden + intermediate) width, and without
+# checkpointing a part that does not, as a fraction of the weights' size. Attention added little at these lengths.
+ACTIVATIONS_PER_TOKEN = {False: 7.35, True: 2.6}  # gradient checkpointing off / on
+UPDATE_FIXED = {False: 0.8, True: 0.0}  # x the weights' bytes
+OVERHEAD_GB = 1.0     # Python, torch, the tokenizer, allocator slack
+
+
+def available_ram_gb():
+    """Memory the OS can give this process now (Linux: MemAvailable), or None where it cannot tell."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 2 ** 20
+    except (OSError, StopIteration):
+        return None
+
+
+def peak_rss_gb():
+    """This process's peak resident memory so far (Linux, macOS)."""
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** (30 if sys.platform == "darwin" else 20)
+
+
 def plan_memory(args, model_path, world=1):
-    """Resolve the flags left to 'auto' from the model's shape and the device, into a Plan.
+    """Resolve the flags left to 'auto' from the model's shape and the device's memory, into a Plan.
     CUDA: gradient checkpointing on for real models, micro-batches of 8,192 tokens, and generation batches whose
-    KV cache fits a quarter of the budget. CPU: no checkpointing, 16,384 tokens, 64 prompts (memory is rarely
-    the limit there)."""
+    KV cache fits a quarter of the budget (min(6 GB, 80% of the card), or --memory-budget-gb). CPU: the budget is
+    --memory-budget-gb or 80% of the free RAM, and the plan is the first of fast sampler without checkpointing, fast
+    with, plain without, plain with, whose estimated peak fits 90% of it, at the largest micro-batch (16,384 tokens
+    down to one answer) that does; a small model takes 16,384 tokens, no checkpointing and 64 prompts."""
     from transformers import AutoConfig, AutoModelForCausalLM
     config = AutoConfig.from_pretrained(model_path)
     with torch.device("meta"):
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     text = config.get_text_config()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    cuda, dtype_bytes = args.device == "cuda", 2 if args.device == "cuda" else 4
+    cuda, dtype_bytes = args.device == "cuda", 2 if args.dtype == "bf16" else 4
     kv_heads = getattr(text, "num_key_value_heads", text.num_attention_heads)
     kv_per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
-    budget = min(GPU_BUDGET_GB, 0.8 * torch.cuda.get_device_properties(0).total_memory / 2 ** 30) if cuda else None
+    if args.memory_budget_gb:
+        budget = args.memory_budget_gb
+    elif cuda:
+        budget = min(GPU_BUDGET_GB, 0.8 * torch.cuda.get_device_properties(0).total_memory / 2 ** 30)
+    else:
+        budget = 0.8 * (available_ram_gb() or 16.0)
     merged_gb = n_params * dtype_bytes / 2 ** 30  # the fast sampler's copy of the policy
-    sampler = args.sampler
-    if sampler == "auto":
-        fits = not cuda or merged_gb < 0.4 * budget  # a 0.5B model's 1 GB copy fits; a 7B model's 14 GB does not
-        sampler = "fast" if args.finetune in ("lora", "qlora") and fits else "plain"
-    checkpointing = args.grad_checkpointing
-    if checkpointing == "auto":
-        checkpointing = "on" if cuda and args.model != "toy" else "off"
-    micro_batch_tokens = args.micro_batch_tokens or (8192 if cuda else 16384)
-    seq_tokens = args.max_new_tokens + 512  # answer cap plus a generous prompt
-    gen_batch_size = args.gen_batch_size
-    if gen_batch_size is None:
-        gen_batch_size = max(1, min(64, int(0.25 * budget * 2 ** 30 / (kv_per_token * seq_tokens)))) if cuda else 64
     weights_gb = n_params * (0.6 if args.finetune == "qlora" else dtype_bytes) / 2 ** 30
-    kv_gb = gen_batch_size * seq_tokens * kv_per_token / 2 ** 30
+    seq_tokens = args.max_new_tokens + 512  # answer cap plus a generous prompt
+    width = text.num_hidden_layers * (text.hidden_size + getattr(text, "intermediate_size", 4 * text.hidden_size))
+    act_gb = lambda tokens, ckpt: tokens * ACTIVATIONS_PER_TOKEN[ckpt] * width * dtype_bytes / 2 ** 30
+    kv_gb = lambda prompts: prompts * seq_tokens * kv_per_token / 2 ** 30
+    lora_ok = args.finetune in ("lora", "qlora")
+    samplers = [args.sampler] if args.sampler != "auto" else ["fast", "plain"] if lora_ok else ["plain"]
+    checkpointing = [args.grad_checkpointing == "on"] if args.grad_checkpointing != "auto" else [False, True]
+    tokens = [args.micro_batch_tokens] if args.micro_batch_tokens else [16384 >> i for i in range(6)]
+    tokens = [t for t in tokens if t >= min(seq_tokens, 1024)] or tokens[:1]
+    prompts = args.gen_batch_size or 64
+
+    def peak(sampler, ckpt, micro):
+        fixed = OVERHEAD_GB + weights_gb + (merged_gb if sampler == "fast" else 0)
+        return fixed + max(kv_gb(prompts), UPDATE_FIXED[ckpt] * weights_gb + act_gb(micro, ckpt))
+
+    if cuda:  # as planned so far (the estimates above are measured on CPU only)
+        sampler = samplers[0] if args.sampler != "auto" else "fast" if lora_ok and merged_gb < 0.4 * budget else "plain"
+        ckpt = checkpointing[0] if args.grad_checkpointing != "auto" else args.model != "toy"
+        micro = args.micro_batch_tokens or 8192
+        prompts = args.gen_batch_size or max(1, min(64, int(0.25 * budget * 2 ** 30 / (kv_per_token * seq_tokens))))
+    else:
+        fits = [(s, c, t) for s in samplers for c in checkpointing for t in tokens if peak(s, c, t) <= 0.9 * budget]
+        sampler, ckpt, micro = fits[0] if fits else (samplers[-1], checkpointing[-1], tokens[-1])
+        if not args.gen_batch_size:
+            while prompts > 1 and peak(sampler, ckpt, micro) > 0.9 * budget and kv_gb(prompts) > act_gb(micro, ckpt):
+                prompts //= 2
     line = (f"plan: {n_params / 1e6:.0f}M parameters, {args.finetune}, sampler {sampler}, generation batches of "
-            f"{gen_batch_size} prompts, micro-batches of {micro_batch_tokens} tokens, gradient checkpointing "
-            f"{checkpointing}")
+            f"{prompts} prompts, micro-batches of {micro} tokens, gradient checkpointing {'on' if ckpt else 'off'}")
     if cuda:
         line += (f"; estimated GPU memory: weights {weights_gb:.1f} GB + sampler copy "
-                 f"{merged_gb if sampler == 'fast' else 0:.1f} GB + KV cache {kv_gb:.1f} GB, budget {budget:.1f} GB")
+                 f"{merged_gb if sampler == 'fast' else 0:.1f} GB + KV cache {kv_gb(prompts):.1f} GB, budget "
+                 f"{budget:.1f} GB")
+    else:
+        line += f", {args.dtype}; estimated peak memory {peak(sampler, ckpt, micro):.1f} GB, budget {budget:.1f} GB"
+        if peak(sampler, ckpt, micro) > 0.9 * budget and ddp_rank() == 0:
+            print(f"warning: the estimated peak memory ({peak(sampler, ckpt, micro):.1f} GB) exceeds the budget "
+                  f"({budget:.1f} GB) even so: lower --max-new-tokens, use --finetune qlora, or free memory (a process "
+                  "killed for memory resumes with --resume from its last checkpoint)", file=sys.stderr)
     if world > 1:
         line += f"; {world} processes (torchrun), each with its share of every round"
-    return Plan(sampler, gen_batch_size, micro_batch_tokens, checkpointing == "on",
-                static_cache=sampler == "fast" and cuda, text=line)
+    return Plan(sampler, args.dtype, prompts, micro, ckpt, static_cache=sampler == "fast" and cuda, text=line)
 
 
 def halving_on_oom(run, plan, field, what, retry=True):
@@ -112,7 +164,7 @@ class Policy:
         self.trained, self.plan, self.merged = model, plan, None
         if plan.sampler == "fast":
             try:
-                self.merged = MergedSampler(model, torch.bfloat16 if device == "cuda" else torch.float32)
+                self.merged = MergedSampler(model, torch.bfloat16 if plan.dtype == "bf16" else torch.float32)
             except Exception as e:  # noqa: BLE001 - any failure of the fast path: take the reference path
                 self.fall_back(e)
 

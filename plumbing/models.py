@@ -68,13 +68,15 @@ def layers_kept_out_of_4bit(path):
     return [n for n, m in linears if m is head] + [n for n, _ in unfit], unfit
 
 
-def load_model(path, finetune, device, lora_rank=16, lora_dropout=0.05, grad_checkpointing=False):
+def load_model(path, finetune, device, lora_rank=16, lora_dropout=0.05, grad_checkpointing=False, dtype=None):
     """(model, tokenizer). finetune: 'full' (fp32 weights, all trained), 'lora', 'qlora' (4-bit NF4
-    base + LoRA), or 'none' (as stored, for evaluation)."""
+    base + LoRA), or 'none' (as stored, for evaluation). dtype: of the frozen weights and the computation
+    ('fp32' or 'bf16'; default bf16 for LoRA/QLoRA on CUDA, else fp32); LoRA weights are fp32 whatever it is."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        kwargs = {"dtype": torch.bfloat16 if device == "cuda" and finetune != "full" else torch.float32}
+        dtype = dtype or ("bf16" if device == "cuda" and finetune != "full" else "fp32")
+        kwargs = {"dtype": {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]}
         if finetune == "qlora":
             from transformers import BitsAndBytesConfig
             skip, unfit = layers_kept_out_of_4bit(path)
@@ -111,7 +113,7 @@ def load_model(path, finetune, device, lora_rank=16, lora_dropout=0.05, grad_che
         from peft import LoraConfig, get_peft_model
         config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=lora_dropout,
                             target_modules="all-linear", task_type="CAUSAL_LM")
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, config, autocast_adapter_dtype=True)  # LoRA weights (and AdamW state) in fp32
     return model, tokenizer
 
 

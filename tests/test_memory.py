@@ -210,3 +210,52 @@ def test_a_failing_merged_sampler_falls_back_to_the_trained_model_with_one_line(
     # the merged copy and the trained model sample the same distribution, not the same floats: compare what
     # does not depend on the last bits (the reference comparisons of the two samplers are the tests above)
     assert [r["round"] for r in rows] == [r["round"] for r in plain] and all("pass@1" in rows[i] for i in (0, 2))
+
+
+@pytest.fixture(scope="module")
+def qwen05_shape(tmp_path_factory):
+    """A folder with Qwen2.5-0.5B's config only: the plan reads shapes, never weights."""
+    from transformers import Qwen2Config
+    path = tmp_path_factory.mktemp("qwen05-shape")
+    Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=False).save_pretrained(path)
+    return str(path)
+
+
+def cpu_plan(model_dir, budget, **flags):
+    import argparse
+    args = dict(device="cpu", dtype="fp32", memory_budget_gb=budget, sampler="auto", grad_checkpointing="auto",
+                micro_batch_tokens=None, gen_batch_size=None, max_new_tokens=256, finetune="lora", model=model_dir)
+    return memory.plan_memory(argparse.Namespace(**{**args, **flags}), model_dir)
+
+
+@pytest.mark.parametrize("budget, sampler, checkpointing, tokens", [
+    (64, "fast", False, 8192),   # room: the largest micro-batch that fits, no recomputation
+    (18, "fast", False, 2048),   # a 24 GB machine: smaller micro-batches first (they cost CPUs little)
+    (8, "fast", True, 1024),     # a small laptop: checkpointing and small micro-batches
+])
+def test_a_smaller_cpu_budget_gives_smaller_micro_batches_then_checkpointing(qwen05_shape, budget, sampler,
+                                                                           checkpointing, tokens):
+    plan = cpu_plan(qwen05_shape, budget)
+    assert (plan.sampler, plan.grad_checkpointing, plan.micro_batch_tokens) == (sampler, checkpointing, tokens)
+    estimate = float(plan.text.split("estimated peak memory ")[1].split(" GB")[0])
+    assert estimate <= 0.9 * budget and f"budget {budget:.1f} GB" in plan.text
+
+
+def test_a_budget_nothing_fits_says_what_to_change(qwen05_shape, capsys):
+    plan = cpu_plan(qwen05_shape, 4)
+    assert plan.grad_checkpointing and plan.sampler == "plain"  # the smallest plan, attempted with a warning
+    err = capsys.readouterr().err
+    assert "exceeds the budget" in err and "--max-new-tokens" in err and "--resume" in err
+
+
+def test_flags_given_are_kept_and_the_estimate_follows_them(qwen05_shape):
+    plan = cpu_plan(qwen05_shape, 64, micro_batch_tokens=1024, grad_checkpointing="on", sampler="plain")
+    assert (plan.sampler, plan.grad_checkpointing, plan.micro_batch_tokens) == ("plain", True, 1024)
+    assert memory.ACTIVATIONS_PER_TOKEN[True] < memory.ACTIVATIONS_PER_TOKEN[False]
+
+
+def test_each_metrics_row_has_the_measured_peak_memory(tiny_model_dir, tmp_path):
+    rows = sm.main(tiny_args(tiny_model_dir, tmp_path / "run"))
+    assert all(0 < r["peak_rss_gb"] < 64 for r in rows)
+    assert rows[-1]["peak_rss_gb"] >= rows[0]["peak_rss_gb"]  # a peak never falls

@@ -1,8 +1,15 @@
-"""bench_round.py: memory and speed of whole SePT rounds with the real defaults, fast sampler vs plain.
+"""bench_round.py: memory and speed of whole SePT rounds with the real defaults, fast sampler vs plain, or
+a real model folder's rounds in fp32 vs bf16.
 
     python bench_round.py                                   # tiny shape on CPU, about a minute
     python bench_round.py --shape qwen2.5-0.5b              # on a GPU: QLoRA, 64 prompts, 1,024 new tokens
     python bench_round.py --shape qwen2.5-0.5b --tokenizer path/to/qwen/tokenizer
+    python bench_round.py --model FOLDER --dataset math500.parquet   # a real model on CPU: fp32 vs bf16, LoRA,
+                                                            # 16 questions x 256 tokens a round (~10 min on 2 cores)
+
+--model: each dtype runs `sept_mini.py --finetune lora --dtype D` in its own process (so its peak resident
+memory is its own) for --rounds rounds of --prompts questions, evaluation off; the table has peak_rss_gb,
+gen_tokens_per_s, train_tokens_per_s and round_s (medians over the rounds), the JSON line the bf16/fp32 ratios.
 
 It builds a random-init model of the named shape (random weights never emit a stop token, so every answer
 runs to --max-new-tokens: the worst case), writes 512 toy questions as a local dataset, and runs --rounds
@@ -22,7 +29,7 @@ import tempfile
 import torch
 
 import sept_mini as sm
-from plumbing import UsageError, console
+from plumbing import UsageError, cli, console
 import toy_world
 
 SHAPES = {  # name -> Qwen2Config fields (Qwen2.5-0.5B's exact shape, and a tiny one for CPU)
@@ -84,7 +91,13 @@ def compare_samplers(argv):
                    help="answer cap (default: sept_mini's, 1,024; 256 for the tiny shape on CPU)")
     p.add_argument("--eval-size", type=int, default=64, help="held-out questions at rounds 0 and last (default: 64)")
     p.add_argument("--samplers", default="fast,plain", help="comma-separated samplers to compare (default: fast,plain)")
+    p.add_argument("--model", default=None, help="a real model folder: compare --dtypes instead (default: none)")
+    p.add_argument("--dtypes", default="fp32,bf16", help="with --model: dtypes to compare (default: fp32,bf16)")
+    p.add_argument("--dataset", default=None, help="with --model: questions (default: 512 toy questions)")
+    p.add_argument("--prompts", type=int, default=16, help="with --model: questions per round (default: 16)")
     args = p.parse_args(argv)
+    if args.model:
+        return compare_dtypes(args)
     work = tempfile.mkdtemp(prefix="bench-round-")
     model_dir, data = os.path.join(work, "model"), os.path.join(work, "questions.jsonl")
     tokenizer_dir = args.tokenizer or (None if args.shape == "tiny" else qwen_tokenizer_dir())
@@ -118,6 +131,45 @@ def compare_samplers(argv):
     if {"fast", "plain"} <= set(results):
         line["gen_speedup"] = results["fast"]["gen_tokens_per_s"] / results["plain"]["gen_tokens_per_s"]
         line["round_speedup"] = results["plain"]["round_s"] / results["fast"]["round_s"]
+    print(json.dumps(line))
+    return line
+
+
+def compare_dtypes(args):
+    """Rounds of a real model folder on this machine, once per dtype, each in a fresh process."""
+    import subprocess
+    work = tempfile.mkdtemp(prefix="bench-dtype-")
+    data = args.dataset or os.path.join(work, "questions.jsonl")
+    if not args.dataset:
+        with open(data, "w") as f:
+            f.writelines(json.dumps({"problem": q["question"], "answer": q["answer"]}) + "\n"
+                         for q in toy_world.questions("train", 512))
+    max_new, here = args.max_new_tokens or 256, os.path.dirname(os.path.abspath(__file__))
+    cpu = "CPU with AVX512-BF16/AMX" if cli.cpu_has_bf16() else "CPU without AVX512-BF16 (bf16 emulated)"
+    print(f"{args.model}: {args.rounds} rounds of {args.prompts} questions x {max_new} tokens per dtype, LoRA, {cpu}")
+    results = {}
+    for dtype in args.dtypes.split(","):
+        out = os.path.join(work, f"run-{dtype}")
+        command = [sys.executable, os.path.join(here, "sept_mini.py"), "--model", args.model, "--dataset", data,
+                   "--finetune", "lora", "--dtype", dtype, "--rounds", str(args.rounds), "--prompts-per-round",
+                   str(args.prompts), "--max-new-tokens", str(max_new), "--eval-every", "0", "--out", out]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise UsageError(f"the {dtype} run failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+        med = lambda key: statistics.median(r[key] for r in rows)
+        results[dtype] = {"peak_rss_gb": max(r["peak_rss_gb"] for r in rows), "round_s": med("round_s"),
+                          "gen_tokens_per_s": med("gen_tokens_per_s"), "train_tokens_per_s": med("train_tokens_per_s"),
+                          "plan": done.stdout.splitlines()[0]}
+        print(results[dtype]["plan"])
+    keys = ["peak_rss_gb", "gen_tokens_per_s", "train_tokens_per_s", "round_s"]
+    print("\n| dtype | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys))
+    for dtype, r in results.items():
+        print(f"| {dtype} | " + " | ".join(f"{r[k]:,.2f}" for k in keys) + " |")
+    line = {"model": args.model, "cpu": cpu, "max_new_tokens": max_new, "prompts": args.prompts, **results}
+    if {"fp32", "bf16"} <= set(results):
+        line["bf16_gen_speedup"] = results["bf16"]["gen_tokens_per_s"] / results["fp32"]["gen_tokens_per_s"]
+        line["bf16_train_speedup"] = results["bf16"]["train_tokens_per_s"] / results["fp32"]["train_tokens_per_s"]
     print(json.dumps(line))
     return line
 

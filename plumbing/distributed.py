@@ -23,10 +23,13 @@ def ddp_world():
 
 
 def compute_init(args):
-    """Set threads, join torchrun's group (NCCL on CUDA, gloo on CPU) with one device per rank; return
+    """Set threads and the allocator (CPU), join torchrun's group (NCCL on CUDA, gloo on CPU) with one device per rank; return
     (rank, world). Alone: (0, 1) and no group."""
-    if args.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+    if args.device == "cpu":
+        from plumbing.memory import return_freed_memory
+        return_freed_memory()  # before the model is loaded: the plan's estimate assumes it
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(os.cpu_count() or 1)
     rank, world = ddp_rank(), ddp_world()
     if world > 1 and args.prompts_per_round // world * args.rollouts < args.updates_per_round:
         raise UsageError(f"--prompts-per-round {args.prompts_per_round} split over {world} processes leaves some with "

@@ -25,3 +25,10 @@ def test_bench_round_compares_the_samplers_and_ends_with_json(capsys):
     for sampler in ("fast", "plain"):
         assert {"gen_tokens_per_s", "train_tokens_per_s", "round_s"} <= set(line[sampler])
     assert line["gen_speedup"] > 0 and line["shape"] == "tiny"
+
+
+def test_bench_round_compares_dtypes_on_a_model_folder(tiny_model_dir, capsys):
+    line = bench_round.main(["--model", tiny_model_dir, "--rounds", "1", "--prompts", "4", "--max-new-tokens", "8"])
+    assert {"fp32", "bf16"} <= set(line) and line["bf16_gen_speedup"] > 0 and line["bf16_train_speedup"] > 0
+    assert all(line[d]["peak_rss_gb"] > 0 and "plan:" in line[d]["plan"] for d in ("fp32", "bf16"))
+    assert "| bf16 |" in capsys.readouterr().out

@@ -70,3 +70,20 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err
+
+
+def test_real_table_splits_disjointly_and_reports_pass_at_1_with_its_standard_error(tiny_model_dir, tmp_path,
+                                                                                      capsys):
+    import real_table
+    import toy_world
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps({"id": str(i), "problem": q["question"], "answer": q["answer"]}) + "\n"
+                            for i, q in enumerate(toy_world.questions("train", 40))))
+    table = real_table.main(["--model", tiny_model_dir, "--data", str(data), "--fast", "--out", str(tmp_path / "t")])
+    heldout, train = ({json.loads(line)["id"] for line in open(tmp_path / "t" / f"{name}.jsonl")}
+                      for name in ("heldout", "train"))
+    assert len(heldout) == 8 and len(train) == 32 and not heldout & train  # never trained on a held-out question
+    assert set(table) == {"base", "SePT"} and all(0 <= v[0] <= 100 and v[1] >= 0 for v in table["base"].values())
+    out = capsys.readouterr().out
+    assert "best temperature" in out and "| 1 | 0.6 |" in out  # the base's best, and the round's row
+    assert len(open(tmp_path / "t" / "graded.md").read().splitlines()) == 16  # tau = 1 answers, base and SePT

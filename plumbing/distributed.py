@@ -23,8 +23,8 @@ def ddp_world():
 
 
 def compute_init(args):
-    """Set threads and the allocator (CPU), join torchrun's group (NCCL on CUDA, gloo on CPU) with one device per rank; return
-    (rank, world). Alone: (0, 1) and no group."""
+    """Set threads and the allocator (CPU), join torchrun's group (NCCL on CUDA, gloo on CPU) with one device per
+    rank; return (rank, world). Alone: (0, 1) and no group."""
     if args.device == "cpu":
         from plumbing.memory import return_freed_memory
         return_freed_memory()  # before the model is loaded: the plan's estimate assumes it

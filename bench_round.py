@@ -6,6 +6,8 @@ a real model folder's rounds in fp32 vs bf16.
     python bench_round.py --shape qwen2.5-0.5b --tokenizer path/to/qwen/tokenizer
     python bench_round.py --model FOLDER --dataset math500.parquet   # a real model on CPU: fp32 vs bf16, LoRA,
                                                             # 16 questions x 256 tokens a round (~10 min on 2 cores)
+    python bench_round.py --model FOLDER --update-peaks 4x256:off,8x256:off,4x512:off,8x256:on,4x512:on,16x256:on
+                                                            # the memory plan's calibration (README), ~10 min
 
 --model: each dtype runs `sept_mini.py --finetune lora --dtype D` in its own process (so its peak resident
 memory is its own) for --rounds rounds of --prompts questions, evaluation off; the table has peak_rss_gb,
@@ -95,7 +97,15 @@ def compare_samplers(argv):
     p.add_argument("--dtypes", default="fp32,bf16", help="with --model: dtypes to compare (default: fp32,bf16)")
     p.add_argument("--dataset", default=None, help="with --model: questions (default: 512 toy questions)")
     p.add_argument("--prompts", type=int, default=16, help="with --model: questions per round (default: 16)")
+    p.add_argument("--update-peaks", default=None, help="with --model: ROWSxTOKENS:on|off,... one LoRA update each "
+                   "(fp32, checkpointing on or off), its measured peak memory against the plan's estimate "
+                   "(default: none)")
+    p.add_argument("--child-update", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child_update:
+        return print(json.dumps(update_peak(args.model, args.child_update)))
+    if args.model and args.update_peaks:
+        return compare_update_peaks(args)
     if args.model:
         return compare_dtypes(args)
     work = tempfile.mkdtemp(prefix="bench-round-")
@@ -133,6 +143,53 @@ def compare_samplers(argv):
         line["round_speedup"] = results["plain"]["round_s"] / results["fast"]["round_s"]
     print(json.dumps(line))
     return line
+
+
+def update_peak(model_dir, spec):
+    """In a child process: the resident memory one LoRA update of ROWSxTOKENS adds above the loaded model, in GiB."""
+    from plumbing import memory, models
+    shape, checkpointing = spec.split(":")
+    rows, tokens = map(int, shape.split("x"))
+    memory.return_freed_memory()
+    torch.set_num_threads(os.cpu_count() or 1)
+    model, tokenizer = models.load_model(model_dir, "lora", "cpu", grad_checkpointing=checkpointing == "on")
+    rss = lambda field: next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak (VmHWM) restarts from here: loading's own peak is not the update's
+    before = rss("VmRSS:")
+    vocab = len(tokenizer)  # a 64-token prompt and the rest answer, ids within any vocabulary
+    rollouts = [{"prompt_ids": [(100 + i) % vocab] * 64,
+                 "answer_ids": [(200 + (i + j) % 500) % vocab for j in range(tokens - 64)]} for i in range(rows)]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    sm.sept_update(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), rollouts, 1.0,
+                   tokenizer.pad_token_id, "fused", 10 ** 9)
+    return {"measured_gb": (rss("VmHWM:") - before) / 2 ** 20}
+
+
+def compare_update_peaks(args):
+    """One LoRA update per spec, each in a fresh process, against memory.plan_memory's estimate of it."""
+    import subprocess
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from plumbing import memory
+    config = AutoConfig.from_pretrained(args.model)
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    print("| update | measured GiB | estimated GiB | ratio |\n|---|---:|---:|---:|")
+    out = {}
+    for spec in args.update_peaks.split(","):
+        rows, tokens = map(int, spec.split(":")[0].split("x"))
+        checkpointing = spec.split(":")[1] == "on"
+        command = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--child-update", spec]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise UsageError(f"the update {spec} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        measured = json.loads(done.stdout.strip().splitlines()[-1])["measured_gb"]
+        estimated = (memory.UPDATE_FIXED[checkpointing] * n_params * 4 / 2 ** 30
+                     + memory.update_gb(config.get_text_config(), rows * tokens, checkpointing, 4))
+        out[spec] = {"measured_gb": measured, "estimated_gb": estimated}
+        print(f"| {spec} | {measured:.2f} | {estimated:.2f} | {measured / estimated:.2f} |", flush=True)
+    print(json.dumps(out))
+    return out
 
 
 def compare_dtypes(args):

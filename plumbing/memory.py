@@ -40,6 +40,7 @@ class Plan:
 # one update of 1,024 to 4,096 tokens, answers of 256 and 512 tokens; README "A real model on a CPU"): a part that
 # grows with the micro-batch, in numbers per token and layer per (hidden + intermediate) width, and without
 # checkpointing a part that does not, as a fraction of the weights' size. Attention added little at these lengths.
+# Fitted before return_freed_memory() below; with it the same updates measure 0.2-0.75 of this: conservative.
 ACTIVATIONS_PER_TOKEN = {False: 7.35, True: 2.6}  # gradient checkpointing off / on
 UPDATE_FIXED = {False: 0.8, True: 0.0}  # x the weights' bytes
 OVERHEAD_GB = 1.0     # Python, torch, the tokenizer, allocator slack
@@ -55,6 +56,13 @@ def return_freed_memory():
         return ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20) == 1  # -3: M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc: macOS, musl, Windows
         return False
+
+
+def update_gb(text_config, tokens, checkpointing, dtype_bytes):
+    """The part of an update's memory that grows with its micro-batch (see ACTIVATIONS_PER_TOKEN), in GB."""
+    c = text_config
+    width = c.num_hidden_layers * (c.hidden_size + getattr(c, "intermediate_size", 4 * c.hidden_size))
+    return tokens * ACTIVATIONS_PER_TOKEN[checkpointing] * width * dtype_bytes / 2 ** 30
 
 
 def available_ram_gb():
@@ -98,8 +106,7 @@ def plan_memory(args, model_path, world=1):
     merged_gb = n_params * dtype_bytes / 2 ** 30  # the fast sampler's copy of the policy
     weights_gb = n_params * (0.6 if args.finetune == "qlora" else dtype_bytes) / 2 ** 30
     seq_tokens = args.max_new_tokens + 512  # answer cap plus a generous prompt
-    width = text.num_hidden_layers * (text.hidden_size + getattr(text, "intermediate_size", 4 * text.hidden_size))
-    act_gb = lambda tokens, ckpt: tokens * ACTIVATIONS_PER_TOKEN[ckpt] * width * dtype_bytes / 2 ** 30
+    act_gb = lambda tokens, ckpt: update_gb(text, tokens, ckpt, dtype_bytes)
     kv_gb = lambda prompts: prompts * seq_tokens * kv_per_token / 2 ** 30
     lora_ok = args.finetune in ("lora", "qlora")
     samplers = [args.sampler] if args.sampler != "auto" else ["fast", "plain"] if lora_ok else ["plain"]
@@ -110,7 +117,7 @@ def plan_memory(args, model_path, world=1):
 
     def peak(sampler, ckpt, micro):
         fixed = OVERHEAD_GB + weights_gb + (merged_gb if sampler == "fast" else 0)
-        return fixed + max(kv_gb(prompts), UPDATE_FIXED[ckpt] * weights_gb + act_gb(micro, ckpt))
+        return fixed + max(kv_gb(prompts), UPDATE_FIXED[ckpt] * weights_gb + act_gb(micro, ckpt))  # act: activations
 
     if cuda:  # as planned so far (the estimates above are measured on CPU only)
         sampler = samplers[0] if args.sampler != "auto" else "fast" if lora_ok and merged_gb < 0.4 * budget else "plain"

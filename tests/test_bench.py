@@ -32,3 +32,9 @@ def test_bench_round_compares_dtypes_on_a_model_folder(tiny_model_dir, capsys):
     assert {"fp32", "bf16"} <= set(line) and line["bf16_gen_speedup"] > 0 and line["bf16_train_speedup"] > 0
     assert all(line[d]["peak_rss_gb"] > 0 and "plan:" in line[d]["plan"] for d in ("fp32", "bf16"))
     assert "| bf16 |" in capsys.readouterr().out
+
+
+def test_bench_round_measures_update_peaks_against_the_plans_estimate(tiny_model_dir):
+    out = bench_round.main(["--model", tiny_model_dir, "--update-peaks", "2x96:off,2x96:on"])
+    assert set(out) == {"2x96:off", "2x96:on"}
+    assert all(r["measured_gb"] >= 0 and r["estimated_gb"] > 0 for r in out.values())

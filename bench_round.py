@@ -153,17 +153,16 @@ def update_peak(model_dir, spec):
     memory.return_freed_memory()
     torch.set_num_threads(os.cpu_count() or 1)
     model, tokenizer = models.load_model(model_dir, "lora", "cpu", grad_checkpointing=checkpointing == "on")
-    rss = lambda field: next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # the peak (VmHWM) restarts from here: loading's own peak is not the update's
-    before = rss("VmRSS:")
+    from bench_loss import proc_status_mb, reset_peak_rss
+    reset_peak_rss()  # the peak restarts from here: loading's own peak is not the update's
+    before = proc_status_mb("VmRSS")
     vocab = len(tokenizer)  # a 64-token prompt and the rest answer, ids within any vocabulary
     rollouts = [{"prompt_ids": [(100 + i) % vocab] * 64,
                  "answer_ids": [(200 + (i + j) % 500) % vocab for j in range(tokens - 64)]} for i in range(rows)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     sm.sept_update(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), rollouts, 1.0,
                    tokenizer.pad_token_id, "fused", 10 ** 9)
-    return {"measured_gb": (rss("VmHWM:") - before) / 2 ** 20}
+    return {"measured_gb": (proc_status_mb("VmHWM") - before) / 1024}
 
 
 def compare_update_peaks(args):

@@ -157,11 +157,12 @@ def finish(args, samples, n, ks=None):
     results = score(samples, ks)
     print_tables(results, ks, args.sweep)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "results": {str(t): r for t, r in results.items()}}, f, indent=1)
     if not args.regrade:
         with open(os.path.join(args.out, "samples.jsonl"), "w") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
+    # last and atomically: a results.json means the evaluation finished (toy_table.py reuses it)
+    rundir.write_atomic(os.path.join(args.out, "results.json"),
+                        json.dumps({"args": vars(args), "results": {str(t): r for t, r in results.items()}}, indent=1))
     print(f"\nwrote {os.path.join(args.out, 'results.json')}" + ("" if args.regrade else " and samples.jsonl"))
     return results
 

@@ -11,12 +11,15 @@ preferences (docs/theory.md); with tau_sample = tau_train the expected gradient 
     python sept_mini.py --model Qwen2.5-0.5B             # QLoRA on one GPU (hub access needed)
     python sept_mini.py --model ./my-model --dataset questions.parquet --finetune lora
     python sept_mini.py --out runs/x --resume            # continue a killed run
+    python sept_mini.py --objective grpo --rollouts 8 --prompts-per-round 16   # a rival: RL with the grader's reward
     torchrun --nproc-per-node 8 sept_mini.py --model Qwen2.5-Math-1.5B   # data parallel, one GPU per process
 
 Read it top to bottom: the temperature schedule, the prompt, sampling (rollout), the loss (the plain
-reference and the fused version, side by side), one update, evaluation, and the loop (main). Everything
-that is not SePT (flags and their checks, data files, model loading, torchrun, the run directory with its
-checkpoints, the memory plan) is one call into the package plumbing/, which a reader can skip.
+reference and the fused version, side by side), SePT's two rivals (--objective emft: entropy minimisation,
+--objective grpo: RL with a verifier) as other losses in the same loop, one update, evaluation, and the loop
+(main). Everything that is not SePT (flags and their checks, data files, model loading, torchrun, the run
+directory with its checkpoints, the memory plan, the chunked loss kernels) is one call into the package
+plumbing/, which a reader can skip.
 Outputs land in --out: config.json, metrics.jsonl, samples.jsonl (two raw samples per round, special
 tokens included), ckpt.pt, final/ (model or adapter).
 """
@@ -30,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from plumbing import UsageError, cli, console, data, distributed, memory, models, rundir
+from plumbing.fused import fused_entropy_sum, fused_nll_sum  # the (tokens x V) logits, one chunk at a time
+from plumbing.memory import micro_batches  # groups of rollouts within a token budget
 
 REASONING_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -129,140 +134,107 @@ def training_batch(rollouts, pad_id):
     return input_ids, attention_mask, labels
 
 
-def answer_nll_naive(model, input_ids, attention_mask, labels, tau_train):
-    """The plain reference: (sum of -log pi(answer token | prefix; tau_train), number of answer tokens)."""
+def answer_nll_naive(model, input_ids, attention_mask, labels, tau_train, advantages=None):
+    """The plain reference: (sum of -log pi(answer token | prefix; tau_train), number of answer tokens).
+    GRPO passes advantages (B,): each answer's tokens then count advantage times (a policy gradient)."""
     targets = labels[:, 1:]  # (B, T-1): token t is predicted from position t-1
     mask = targets != -100
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
     logp = F.log_softmax(logits.float() / tau_train, dim=-1)  # the full (B, T-1, V) twice over
-    return -logp[mask].gather(1, targets[mask][:, None]).sum(), int(mask.sum())
+    nll = -logp[mask].gather(1, targets[mask][:, None]).squeeze(1)  # (N,)
+    return (nll if advantages is None else nll * advantages[:, None].expand_as(mask)[mask]).sum(), int(mask.sum())
 
 
-def answer_nll_fused(model, input_ids, attention_mask, labels, tau_train):
-    """The same sum, never holding the (tokens x V) logits: only answer positions reach the output layer,
-    a chunk of them at a time (FusedLinearCrossEntropy below)."""
+def answer_hidden(model, input_ids, attention_mask, labels):
+    """(hidden states that predict answer tokens (N, H), those tokens (N,)): the decoder without its output layer."""
     targets = labels[:, 1:]  # (B, T-1): token t is predicted from position t-1
-    mask = targets != -100
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    hidden = hidden.last_hidden_state[:, :-1]  # (B, T-1, H): the decoder without its output layer
+    return hidden.last_hidden_state[:, :-1][targets != -100], targets[targets != -100]
+
+
+def answer_nll_fused(model, input_ids, attention_mask, labels, tau_train, advantages=None):
+    """The same sum, never holding the (tokens x V) logits: only answer positions reach the output layer,
+    a chunk of them at a time (plumbing/fused.py)."""
+    hidden, targets = answer_hidden(model, input_ids, attention_mask, labels)
+    weights = None if advantages is None else advantages[:, None].expand_as(labels[:, 1:])[labels[:, 1:] != -100]
     head = model.get_output_embeddings()
-    return fused_nll_sum(hidden[mask], head.weight, head.bias, targets[mask], tau_train), int(mask.sum())
+    return fused_nll_sum(hidden, head.weight, head.bias, targets, tau_train, weights=weights), len(targets)
 
 
-def answer_nll(model, input_ids, attention_mask, labels, tau_train, loss_impl="fused"):
+def answer_nll(model, input_ids, attention_mask, labels, tau_train, loss_impl="fused", advantages=None):
     """--loss fused (default) or naive: the same numbers (tests/test_loss.py), different memory."""
     impl = answer_nll_fused if loss_impl == "fused" else answer_nll_naive
+    return impl(model, input_ids, attention_mask, labels, tau_train, advantages)
+
+
+# -----------------------------------------------------------------------------
+# SePT's rivals, the same loop with another loss (--objective): EM-FT (no reward) and GRPO (a verifier's reward)
+
+def answer_entropy_naive(model, input_ids, attention_mask, labels, tau_train, advantages=None):
+    """EM-FT's loss (arXiv 2505.15134), plain: (sum over answer prefixes of the entropy of pi(. | prefix; tau_train),
+    their number). Where SePT trains on the token it sampled, EM-FT flattens nothing and sharpens everything."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+    logp = F.log_softmax(logits[labels[:, 1:] != -100].float() / tau_train, dim=-1)  # (N, V)
+    return -(logp.exp() * logp).sum(), len(logp)
+
+
+def answer_entropy_fused(model, input_ids, attention_mask, labels, tau_train, advantages=None):
+    """The same sum, never holding the (tokens x V) logits: a chunk of answer positions at a time."""
+    hidden, _ = answer_hidden(model, input_ids, attention_mask, labels)  # (N, H)
+    head = model.get_output_embeddings()
+    return fused_entropy_sum(hidden, head.weight, head.bias, tau_train), len(hidden)
+
+
+def answer_entropy(model, input_ids, attention_mask, labels, tau_train, loss_impl="fused", advantages=None):
+    """--loss fused or naive, as answer_nll (advantages unused: EM-FT has no reward)."""
+    impl = answer_entropy_fused if loss_impl == "fused" else answer_entropy_naive
     return impl(model, input_ids, attention_mask, labels, tau_train)
 
 
-class FusedLinearCrossEntropy(torch.autograd.Function):
-    """Sum over N tokens of -log softmax((h W^T + b) / tau)[target], one chunk of tokens at a time.
-
-    Never holds more than chunk x V logits. We compute each chunk's gradients already in the forward
-    pass (the Liger-Kernel way) rather than recomputing the chunk's logits in backward: recomputing
-    costs a 4th (N x H x V) matmul on top of the 3 both ways need, 33% more time, while keeping the
-    gradients costs only grad_h (N x H) and grad_W (V x H, needed anyway when W is trained)."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, tau, chunk_size):
-        # hidden (N, H), weight (V, H), bias (V,) or None, targets (N,)
-        need_h, need_w = hidden.requires_grad, weight.requires_grad
-        need_b = bias is not None and bias.requires_grad
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for s in range(0, hidden.shape[0], chunk_size):
-            h, t = hidden[s:s + chunk_size], targets[s:s + chunk_size]
-            logits = F.linear(h, weight, bias).float().div_(tau)  # (C, V), fp32 whatever the weights are
-            target_logit = logits.gather(1, t[:, None]).squeeze(1)
-            row_max = logits.amax(dim=1, keepdim=True)
-            probs = logits.sub_(row_max).exp_()  # in place: one (C, V) buffer serves as logits and probs
-            sum_exp = probs.sum(dim=1, keepdim=True)
-            total += (row_max.squeeze(1) + sum_exp.log().squeeze(1) - target_logit).sum()
-            if need_h or need_w or need_b:
-                grad = probs.div_(sum_exp)  # softmax
-                grad[torch.arange(len(t), device=t.device), t] -= 1.0
-                grad.div_(tau)  # d loss / d (h W^T + b): the temperature scales the gradient too
-                grad_lp = grad.to(weight.dtype)  # (C, V) in the weights' dtype (the same tensor in fp32)
-                if need_h:
-                    grad_h[s:s + chunk_size] = (grad_lp @ weight).to(hidden.dtype)
-                if need_w:
-                    if weight.dtype == torch.float32:
-                        grad_w.addmm_(grad.T, h.float())  # in place: no (V, H) temporary
-                    else:  # bf16/fp16: each chunk's matmul on the fast half-precision path, as naive's autograd
-                        grad_w.add_(grad_lp.T @ h)  # does; the sum over chunks in fp32 (fp32 matmuls: ~10x slower)
-                if need_b:
-                    grad_b += grad.sum(0)
-            logits = probs = grad = grad_lp = None  # free this chunk's (C, V) buffers before the next
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        if grad_h is not None:
-            grad_h = grad_h * grad_out
-        if grad_w is not None:
-            grad_w = grad_w.mul_(grad_out).to(ctx.dtypes[0])
-        if grad_b is not None:
-            grad_b = grad_b.mul_(grad_out).to(ctx.dtypes[1])
-        return grad_h, grad_w, grad_b, None, None, None
+def grpo_advantages(rewards, n_questions, eps=1e-6):
+    """GRPO's group-normalised advantage (r - mean) / (std + eps) over the G answers to one question (std with
+    Bessel's correction and eps = 1e-6, as verl). rewards come as rollout() returns `prompts * G`: answer g to
+    question q at g * n_questions + q. A group whose rewards are all equal gets 0: it carries no signal."""
+    r = torch.tensor(rewards, dtype=torch.float32).view(-1, n_questions)  # (G, Q)
+    return ((r - r.mean(0)) / (r.std(0) + eps)).flatten().tolist()
 
 
-def default_chunk_size(weight):
-    """Tokens per chunk. On CPU 16M logits (64 MB fp32) at a time: larger chunks only cost cache misses.
-    On CUDA 128M logits (~0.5 GB fp32, 883 tokens at Qwen's 151,936): small chunks leave the GPU idle
-    between matmuls; at about 1,000 tokens the fused loss ran at naive's speed with a frozen output
-    layer on an H100 (bf16, N = 16,384), at 3% of naive's memory."""
-    return max(1, (2 ** 27 if weight.is_cuda else 2 ** 24) // weight.shape[0])
+def training_loss(objective):
+    """The loss the update minimises, a token mean over the round's answers: SePT's NLL at tau_train; GRPO's the
+    same NLL with each answer's tokens weighted by its advantage; EM-FT's the entropy at the answer's prefixes.
 
-
-def fused_nll_sum(hidden, weight, bias, targets, tau, chunk_size=None):
-    """Summed tau-scaled NLL of targets given final hidden states, without [N x V] logits."""
-    chunk_size = chunk_size or default_chunk_size(weight)
-    if hidden.shape[0] == 0:
-        return hidden.sum() * 0.0 + weight.sum() * 0.0  # keeps the graph (and DDP/optimizers) happy
-    return FusedLinearCrossEntropy.apply(hidden, weight, bias, targets, tau, chunk_size)
-
-
-def micro_batches(rollouts, max_tokens):
-    """Consecutive groups of rollouts whose padded size (rows x longest row) stays within max_tokens, so
-    memory is planned in tokens: answers run from 10 to 1,024 tokens. A row longer than the budget goes alone."""
-    groups, current, longest = [], [], 0
-    for r in rollouts:
-        n = len(r["prompt_ids"]) + len(r["answer_ids"])
-        if current and max(longest, n) * (len(current) + 1) > max_tokens:
-            groups.append(current)
-            current, longest = [], 0
-        current.append(r)
-        longest = max(longest, n)
-    return groups + [current] if current else groups
+    GRPO here is verl's recipe less three parts, each exact or harmless at this scale: (1) no ratio clipping: one
+    update per round on fresh samples (--updates-per-round 1) makes the ratio pi/pi_old exactly 1, where the
+    clipped objective's gradient is exactly advantage x grad log pi (with more updates per round the later ones
+    are slightly off-policy and unclipped); (2) no KL penalty to the initial model (verl's coefficient is 0.001;
+    DAPO and Dr. GRPO drop it); (3) token-mean normalisation over all the round's answer tokens, verl's default
+    (the original GRPO averages per answer first, which weighs short answers' tokens more)."""
+    return answer_entropy if objective == "emft" else answer_nll
 
 
 # -----------------------------------------------------------------------------
 # one update
 
 def sept_update(model, optimizer, scheduler, rollouts, tau_train, pad_id, loss_impl, micro_batch_tokens, clip=1.0,
-                ddp=None):
-    """One optimizer update of SFT at tau_train on these rollouts: token mean over all their answer
-    tokens, accumulated over micro-batches. Under torchrun each rank passes its own rollouts and `ddp`
+                ddp=None, objective="sept"):
+    """One optimizer update of SFT at tau_train on these rollouts (or of a rival's loss): token mean over all their
+    answer tokens, accumulated over micro-batches. Under torchrun each rank passes its own rollouts and `ddp`
     (the model wrapped by distributed.wrap_ddp): the mean is then over every rank's answer tokens, so the
     update equals a single process's on the union. Returns (loss, tokens processed here)."""
     model.train()
     optimizer.zero_grad(set_to_none=True)  # a retry after out-of-memory starts clean
     n_answer = distributed.global_sum(sum(len(r["answer_ids"]) for r in rollouts))  # all ranks' answer tokens
     scale = (distributed.ddp_world() if ddp else 1) / max(1, n_answer)  # DDP averages gradients over ranks: undo it
-    forward = ddp or (lambda *batch: answer_nll(model, *batch))
+    forward = ddp or (lambda *batch: training_loss(objective)(model, *batch))
     groups = micro_batches(rollouts, micro_batch_tokens)
     total, n_tokens = 0.0, 0
     for i, group in enumerate(groups):
         input_ids, attention_mask, labels = (x.to(model.device) for x in training_batch(group, pad_id))
+        advantages = torch.tensor([r["advantage"] for r in group], device=model.device) if objective == "grpo" else None
         # under DDP gradients are averaged once per update, in the last micro-batch's backward; ranks may
         # have different numbers of micro-batches (their answers differ in length)
         with ddp.no_sync() if ddp and i < len(groups) - 1 else contextlib.nullcontext():
-            nll, _ = forward(input_ids, attention_mask, labels, tau_train, loss_impl)
+            nll, _ = forward(input_ids, attention_mask, labels, tau_train, loss_impl, advantages)
             (nll * scale).backward()
         total += nll.item()
         n_tokens += int(attention_mask.sum())
@@ -282,7 +254,6 @@ def sept_update(model, optimizer, scheduler, rollouts, tau_train, pad_id, loss_i
 
 def evaluate(model, tokenizer, questions, style, max_new_tokens, samples, batch_size, seed, static_cache=False):
     """Held-out pass@1 at tau = 1 (mean over `samples` draws per question) and greedy accuracy."""
-    import grading
     prompts = [build_prompt(tokenizer, q["question"], style) for q in questions]
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(seed)  # evaluation neither uses nor disturbs the training run's randomness
@@ -290,10 +261,15 @@ def evaluate(model, tokenizer, questions, style, max_new_tokens, samples, batch_
                          static_cache=static_cache)
         sampled = rollout(model, tokenizer, prompts * samples, 1.0, max_new_tokens, batch_size, desc="eval tau=1",
                           static_cache=static_cache)
-    right = lambda rs, qs: [grading.grade(tokenizer.decode(r["answer_ids"], skip_special_tokens=True), q["answer"])
-                            for r, q in zip(rs, qs)]
-    return {"pass@1": sum(right(sampled, questions * samples)) / len(sampled),
-            "greedy": sum(right(greedy, questions)) / len(greedy)}
+    return {"pass@1": sum(graded(tokenizer, sampled, questions * samples)) / len(sampled),
+            "greedy": sum(graded(tokenizer, greedy, questions)) / len(greedy)}
+
+
+def graded(tokenizer, rollouts, questions):
+    """1.0 where grading.py accepts the decoded answer against the question's gold, else 0.0 (GRPO's reward too)."""
+    import grading
+    return [float(grading.grade(tokenizer.decode(r["answer_ids"], skip_special_tokens=True), q["answer"]))
+            for r, q in zip(rollouts, questions)]
 
 
 # -----------------------------------------------------------------------------
@@ -309,7 +285,13 @@ def sample_round(policy, tokenizer, pool, round_, args, stop_ids):
         torch.manual_seed(args.seed * 100_003 + round_ + distributed.rank_seed())  # each round its own: exact resume
         return rollout(model, tokenizer, prompts * args.rollouts, tau, args.max_new_tokens, batch_size, stop_ids,
                        desc=f"round {round_} sampling", static_cache=static_cache)
-    return tau, policy.sample(draw, f"sampling round {round_}")
+    rollouts = policy.sample(draw, f"sampling round {round_}")
+    if args.objective == "grpo":  # the verifier's reward, then each answer's advantage within its question's group
+        rewards = graded(tokenizer, rollouts, questions * args.rollouts)
+        for i, (r, advantage) in enumerate(zip(rollouts, grpo_advantages(rewards, len(questions)))):
+            group = rewards[i % len(questions)::len(questions)]  # the rewards of this answer's question
+            r.update(reward=rewards[i], advantage=advantage, flat_group=float(min(group) == max(group)))
+    return tau, rollouts
 
 
 def train_round(model, optimizer, scheduler, rollouts, round_, args, plan, pad_id, ddp, last_saved):
@@ -320,7 +302,7 @@ def train_round(model, optimizer, scheduler, rollouts, round_, args, plan, pad_i
     for chunk in range(args.updates_per_round):
         part = rollouts[chunk::args.updates_per_round]
         update = lambda budget: sept_update(model, optimizer, scheduler, part, args.tau_train, pad_id, args.loss,
-                                            budget, ddp=ddp)
+                                            budget, ddp=ddp, objective=args.objective)
         try:  # under torchrun one rank cannot redo an update alone: no retry there
             loss, n = memory.halving_on_oom(update, plan, "micro_batch_tokens", f"in round {round_}'s update",
                                             retry=ddp is None)
@@ -358,7 +340,7 @@ def main(argv=None):
             models.check_4bit(args.device)
         with distributed.rank_zero_first():  # one rank builds the toy base or fills the download cache
             model_path = models.resolve_model_path(args.model, args.cache_dir, args.seed)
-            pool = data.load_questions(args.dataset, "train", seed=args.seed)
+            pool = data.load_questions(args.dataset, "train", seed=args.seed, need_answers=args.objective == "grpo")
             heldout = data.load_heldout(args.eval_dataset, args.eval_size, args.seed) if args.eval_every else []
         plan = memory.plan_memory(args, model_path, world)
         if rank == 0:
@@ -374,7 +356,7 @@ def main(argv=None):
         if not run.resume(model, optimizer, scheduler):  # with --resume: the newest checkpoint; False if done
             distributed.compute_cleanup()
             return run.rows
-        ddp = distributed.wrap_ddp(model, answer_nll)  # None in a single process
+        ddp = distributed.wrap_ddp(model, training_loss(args.objective))  # None in a single process
         policy = memory.Policy(model, plan, args.device)  # what generate samples from: model's weights, maybe a copy
         run.open(plan)
 
@@ -405,6 +387,9 @@ def main(argv=None):
                    "answer_len": answer_tokens / n_rollouts, "truncated": n_truncated / n_rollouts,
                    "gen_tokens_per_s": None if args.offline else answer_tokens / max(t1 - t0, 1e-9),
                    "train_tokens_per_s": n_tokens / max(t2 - t1, 1e-9), "round_s": t2 - t0}
+            if args.objective == "grpo":  # the training samples' accuracy, and the groups with no signal (all equal)
+                row.update({k: distributed.global_sum(sum(r[k] for r in rollouts)) / n_rollouts
+                            for k in ("reward", "flat_group")})
             row["peak_rss_gb"] = memory.peak_rss_gb()  # this process's, so far: the plan's estimate is checked here
             if args.device == "cuda":
                 row["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30  # rank 0's, under torchrun

@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 
+import eval_math
 import sept_mini as sm
 from plumbing import UsageError, console
 
@@ -28,16 +29,35 @@ ARMS = {  # name -> the sept_mini.py flags that make it (the rest are the toy de
     "coupled": ["--tau-sample", "1.0"],                     # tau_s = tau_t: zero expected gradient
     "inverted": ["--tau-sample", "1.3", "--anneal", "none"],  # tau_s > tau_t: trains the model flatter
     "paper-anneal": ["--anneal", "paper"],                  # tau_s 0.6 -> 1 over 2/3 of the rounds, then coupled
-}
+    # the rivals, each at the lr of its sweep on seed 0 (python toy_table.py --arms emft,grpo --seeds 0 --lrs ...):
+    "emft": ["--objective", "emft", "--lr", "5e-5"],      # sample at tau 1, minimise the token entropy: no reward
+    "grpo": ["--objective", "grpo", "--rollouts", "8", "--prompts-per-round", "16", "--lr", "5e-5"],  # the verifier's
+}                                                   # reward; 16 questions x 8 answers = SePT's 128 samples a round
 FAST = ["--rounds", "10", "--prompts-per-round", "32", "--eval-every", "5", "--eval-size", "32"]
+BASE_TEMPS = "0.4,0.6,0.8,1.0"  # the base model's temperature sweep; its best (by AVG) is the honest baseline
 
 
-def run(arm, seed, out, extra):
+def arm_flags(arm, lr=None):
+    """The arm's flags, with its lr replaced by `lr` if given."""
+    flags = ARMS[arm]
+    if lr is None:
+        return flags
+    if "--lr" in flags:
+        i = flags.index("--lr")
+        flags = flags[:i] + flags[i + 2:]
+    return flags + ["--lr", lr]
+
+
+def run_folder(out, arm, seed, lr=None):
+    return os.path.join(out, f"{arm}-s{seed}" if lr is None else f"{arm}-lr{lr}-s{seed}")
+
+
+def run(arm, seed, out, extra, lr=None):
     """One run's metrics rows; reuses or resumes what is already in its folder. The run's own output goes to
-    OUT/ARM-sSEED.log, so 25 runs read as 25 lines."""
-    run_dir = os.path.join(out, f"{arm}-s{seed}")
+    OUT/ARM-sSEED.log (OUT/ARM-lrLR-sSEED.log with another lr), so 35 runs read as 35 lines."""
+    run_dir = run_folder(out, arm, seed, lr)
     argv = (["--out", run_dir, "--resume"] if os.path.isfile(os.path.join(run_dir, "config.json"))
-            else [*ARMS[arm], "--seed", str(seed), "--out", run_dir, *extra])
+            else [*arm_flags(arm, lr), "--seed", str(seed), "--out", run_dir, *extra])
     os.makedirs(out, exist_ok=True)
     log_path = run_dir + ".log"
     try:
@@ -46,6 +66,33 @@ def run(arm, seed, out, extra):
     except SystemExit:
         last_line = open(log_path).read().strip().splitlines()[-1]
         raise UsageError(f"the {arm} run of seed {seed} stopped: {last_line}") from None
+
+
+def pass_at_k(model, out_dir, temps, seed, limit):
+    """{tau: {pass@1, pass@8, AVG}} of `model` on `limit` held-out questions, 8 samples each (eval_math.py, its
+    output in OUT_DIR.log); reused when OUT_DIR/results.json exists."""
+    path = os.path.join(out_dir, "results.json")
+    if not os.path.isfile(path):
+        with open(out_dir + ".log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            eval_math.main(["--model", model, "--benchmark", "toy", "--temps", temps, "--n", "8", "--k", "1,8",
+                            "--limit", str(limit), "--seed", str(seed), "--out", out_dir])
+    return {float(t): r["toy"] for t, r in json.load(open(path))["results"].items()}
+
+
+def against_the_base(table, out, seeds, limit):
+    """Each seed's base model at its best-swept temperature against each run's final model at tau = 1, at pass@1
+    and pass@8: {"base": {seed: {tau, pass@1, pass@8}}, row: {seed: {pass@1, pass@8}}}."""
+    import toy_world
+    result = {"base": {}}
+    for seed in console.progress(seeds, "pass@k of the base models"):
+        sweep = pass_at_k(toy_world.load_or_build(seed=seed), os.path.join(out, f"base-s{seed}-eval"), BASE_TEMPS,
+                          seed, limit)
+        best = max(sweep, key=lambda t: sweep[t]["AVG"])
+        result["base"][seed] = {"tau": best, "pass@1": sweep[best]["pass@1"], "pass@8": sweep[best]["pass@8"]}
+    for row, runs in console.progress(table.items(), "pass@k of the final models"):
+        result[row] = {seed: pass_at_k(r["run_dir"], r["run_dir"] + "-eval", "1.0", seed, limit)[1.0]
+                       for seed, r in runs.items()}
+    return result
 
 
 def summarise(rows):
@@ -81,12 +128,12 @@ def checks(table):
     return out
 
 
-def markdown(table, command, wall_s):
+def markdown(table, command, wall_s, flags, versus_base, limit):
     lines = ["| arm | flags | pass@1 round 0 | pass@1 final | gain | greedy round 0 | greedy final | seeds |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for arm, seeds in table.items():
         col = lambda key: mean_sd([s[key] for s in seeds.values()])
-        lines.append(f"| {arm} | `{' '.join(ARMS[arm]) or '(defaults)'}` | {col('pass@1_start')} | "
+        lines.append(f"| {arm} | `{' '.join(flags[arm]) or '(defaults)'}` | {col('pass@1_start')} | "
                      f"{col('pass@1_end')} | "
                      f"**{col('pass@1_gain')}** | {col('greedy_start')} | {col('greedy_end')} | {len(seeds)} |")
     lines += ["", "Per seed, pass@1 gain (greedy change):", ""]
@@ -94,9 +141,35 @@ def markdown(table, command, wall_s):
         per_seed = (f"s{s} {v['pass@1_gain']:+.1f} ({v['greedy_change']:+.1f})" for s, v in seeds.items())
         lines.append(f"- {arm}: " + ", ".join(per_seed))
     lines += ["", "Checks:", ""] + [f"- [{'x' if ok else ' '}] {claim}" for claim, ok in checks(table)]
+    lines += base_lines(versus_base, limit)
     lines += ["", f"Generated by `{command}` in {wall_s / 60:.0f} min (mean ± sd over seeds; held-out pass@1 at "
               "tau = 1)."]
     return "\n".join(lines) + "\n"
+
+
+def is_positive_number(text):
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
+def base_lines(versus_base, limit):
+    """The table against the base model at its best-swept temperature, beats counted seed by seed."""
+    base = versus_base["base"]
+    best = ", ".join(f"s{s} {b['tau']:g}" for s, b in base.items())
+    lines = ["", f"Against the base model at its best temperature (swept over {BASE_TEMPS} by the mean of pass@1 "
+             f"and pass@8; per seed: {best}); every arm's final model at tau = 1; 8 samples on each of {limit} held-out "
+             "questions (eval_math.py):", "",
+             "| model | pass@1 | pass@8 | beats the base at pass@1 | beats it at pass@8 |", "|---|---:|---:|---:|---:|",
+             f"| base, best tau | {mean_sd([b['pass@1'] for b in base.values()])} | "
+             f"{mean_sd([b['pass@8'] for b in base.values()])} | | |"]
+    for row, per_seed in versus_base.items():
+        if row != "base":
+            wins = lambda k: f"{sum(v[k] > base[s][k] for s, v in per_seed.items())}/{len(per_seed)} seeds"
+            lines.append(f"| {row} | {mean_sd([v['pass@1'] for v in per_seed.values()])} | "
+                         f"{mean_sd([v['pass@8'] for v in per_seed.values()])} | {wins('pass@1')} | {wins('pass@8')} |")
+    return lines
 
 
 def main(argv=None):
@@ -112,6 +185,8 @@ def make_table(argv):
     a("--out", default="runs/toy_table", help="folder for the runs and the table (default: runs/toy_table)")
     a("--fast", action="store_true", help="smoke test: seed 0 only, 10 rounds of 32 questions, 32 held-out questions "
       "(default: off)")
+    a("--lrs", default=None, help="comma-separated learning rates: runs every arm at each (the rivals' sweep), one row "
+      "per arm and lr, in OUT/ARM-lrLR-sSEED (default: each arm's own lr)")
     args = p.parse_args(argv)
     arms = args.arms.split(",")
     if any(a not in ARMS for a in arms):
@@ -122,21 +197,32 @@ def make_table(argv):
         raise UsageError(f"--seeds must be comma-separated integers, got '{args.seeds}'") from None
     command = "python toy_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
+    lrs = args.lrs.split(",") if args.lrs else [None]
+    if any(lr is not None and not is_positive_number(lr) for lr in lrs):
+        raise UsageError(f"--lrs must be comma-separated numbers > 0, got '{args.lrs}'")
+    rows = {(arm if lr is None else f"{arm} lr={lr}"): (arm, lr) for arm in arms for lr in lrs}
+    flags = {row: arm_flags(arm, lr) for row, (arm, lr) in rows.items()}
+
     t0 = time.time()
-    table = {arm: {} for arm in arms}
-    for arm, seed in console.progress([(a, s) for a in arms for s in seeds], "toy table runs"):
-        result = table[arm][seed] = summarise(run(arm, seed, args.out, FAST if args.fast else []))
-        print(f"{arm:>13} seed {seed}: pass@1 {result['pass@1_start']:5.1f} -> {result['pass@1_end']:5.1f} "
+    table = {row: {} for row in rows}
+    for row, seed in console.progress([(r, s) for r in rows for s in seeds], "toy table runs"):
+        arm, lr = rows[row]
+        result = table[row][seed] = summarise(run(arm, seed, args.out, FAST if args.fast else [], lr=lr))
+        result["run_dir"] = run_folder(args.out, arm, seed, lr)
+        print(f"{row:>13} seed {seed}: pass@1 {result['pass@1_start']:5.1f} -> {result['pass@1_end']:5.1f} "
               f"({result['pass@1_gain']:+5.1f}), greedy {result['greedy_start']:5.1f} -> {result['greedy_end']:5.1f}",
               flush=True)
+    limit = 32 if args.fast else 256
+    versus_base = against_the_base(table, args.out, seeds, limit)
     wall_s = time.time() - t0
-    text = markdown(table, command.strip(), wall_s)
+    text = markdown(table, command.strip(), wall_s, flags, versus_base, limit)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "table.json"), "w") as f:
-        json.dump({"command": command.strip(), "wall_s": round(wall_s), "arms": {a: ARMS[a] for a in arms},
-                   "checks": checks(table), "runs": table}, f, indent=1)
+        json.dump({"command": command.strip(), "wall_s": round(wall_s), "arms": flags,
+                   "checks": checks(table), "runs": table,
+                   "against_the_base": versus_base}, f, indent=1)
     print("\n" + text)
     return table
 

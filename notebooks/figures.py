@@ -5,7 +5,7 @@ import torch
 import sept_mini as sm
 
 ARM_COLORS = {"online": "tab:blue", "offline": "tab:orange", "coupled": "tab:gray", "inverted": "tab:red",
-              "paper-anneal": "tab:green"}
+              "paper-anneal": "tab:green", "emft": "tab:purple", "grpo": "tab:brown"}
 
 
 def curves(table, arms=("online", "offline", "coupled", "inverted", "paper-anneal")):
@@ -62,10 +62,15 @@ def margin_scatter(before, after, predicted_ratio, one_round=None):
 
 def pass_at_k(base_results, sept_results, base_tau, label_base="base model", label_sept="SePT, tau = 1"):
     """pass@k against k (log scale) for the base model at its best-swept temperature and SePT at tau = 1."""
+    pass_at_k_curves({f"{label_base}, best tau = {base_tau:g}": (base_results[base_tau], "tab:gray"),
+                      label_sept: (sept_results[1.0], "tab:blue")})
+
+
+def pass_at_k_curves(curves):
+    """pass@k against k (log scale), one line per {label: (eval_math results at one temperature, color)}."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for results, tau, label, color in ((base_results, base_tau, f"{label_base}, best tau = {base_tau:g}", "tab:gray"),
-                                       (sept_results, 1.0, label_sept, "tab:blue")):
-        row = results[tau]["toy"]
+    for label, (results, color) in curves.items():
+        row = results["toy"]
         ks = sorted(int(k.split("@")[1]) for k in row if k.startswith("pass@"))
         ax.plot(ks, [row[f"pass@{k}"] for k in ks], "o-", label=label, color=color)
     ax.set_xscale("log", base=2)

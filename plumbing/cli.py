@@ -70,8 +70,11 @@ def build_parser():
     a("--rollouts", type=int, default=1, help="answers sampled per question (the paper's G) (default: 1)")
     a("--updates-per-round", type=int, default=1, help="optimizer updates per round (the paper's mu); the round's "
       "answers are split among them (default: 1)")
-    a("--tau-sample", type=float, default=0.6, help="sampling temperature tau_s; its start value when annealed "
-      "(default: 0.6)")
+    a("--objective", choices=["sept", "emft", "grpo"], default="sept",
+      help="what the round trains on its samples: sept (SFT at tau_train), emft (minimise the token entropy, no "
+      "reward) or grpo (policy gradient with the grader's reward, needs answers and --rollouts >= 2) (default: sept)")
+    a("--tau-sample", type=float, default=None, help="sampling temperature tau_s; its start value when annealed "
+      "(default: 0.6 for sept, 1.0 for emft and grpo, which sample at the policy's own temperature)")
     a("--tau-train", type=float, default=1.0, help="temperature tau_t inside the training loss (default: 1.0)")
     a("--anneal", choices=["paper", "none"], default=None,
       help="paper: tau_sample rises linearly to tau_train over the first 2/3 of rounds, then stays there (coupled); "
@@ -195,6 +198,11 @@ def check_new_out(args):
 def validate(args):
     """Finite, positive numbers where the code needs them; the defaults that depend on the model."""
     toy = args.model == "toy"
+    if args.tau_sample is None:
+        args.tau_sample = 0.6 if args.objective == "sept" else 1.0
+    if args.objective == "grpo" and args.rollouts < 2:
+        raise UsageError("--objective grpo needs --rollouts >= 2: the advantage compares the answers to one question "
+                         "(the paper's G; try --rollouts 8)")
     args.rounds = (TOY_ROUNDS if toy else 100) if args.rounds is None else args.rounds
     args.prompts_per_round = (TOY_PROMPTS if toy else 64) if args.prompts_per_round is None else args.prompts_per_round
     for name in ("tau_sample", "tau_train", "lr", "memory_budget_gb"):
@@ -229,7 +237,7 @@ def validate(args):
     args.max_new_tokens = default_max_new_tokens(toy) if args.max_new_tokens is None else args.max_new_tokens
     if args.prompt_style == "auto":
         args.prompt_style = prompt_style_for(args.model)
-    if args.tau_sample >= args.tau_train and not args.resume and ddp_rank() == 0:
+    if args.objective == "sept" and args.tau_sample >= args.tau_train and not args.resume and ddp_rank() == 0:
         kind = "coupled (equal)" if args.tau_sample == args.tau_train else "inverted (tau_sample > tau_train)"
         effect = "no expected learning signal" if args.tau_sample == args.tau_train else "a flatter, worse model"
         print(f"warning: temperatures are {kind}: the theory predicts {effect}", file=sys.stderr)

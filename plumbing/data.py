@@ -20,8 +20,9 @@ QUESTION_COLUMNS = ("problem", "question", "prompt", "query", "input")
 ANSWER_COLUMNS = ("answer", "final_answer", "ground_truth", "reward_model", "solution")  # first found wins
 
 
-def load_questions(spec, split="train", limit=None, seed=0):
-    """Questions as dicts {id, question, answer}; answer is None when the dataset has none."""
+def load_questions(spec, split="train", limit=None, seed=0, need_answers=False):
+    """Questions as dicts {id, question, answer}; answer is None when the dataset has none, which `need_answers`
+    (a reward from the grader: --objective grpo) refuses."""
     if spec == "toy":
         import toy_world
         return toy_world.questions("test" if split == "test" else "train", limit or 20000, seed)
@@ -50,6 +51,11 @@ def load_questions(spec, split="train", limit=None, seed=0):
         if not isinstance(q, str) or not q.strip():
             raise UsageError(f"dataset '{spec}', row {i + 1}: the question ('{qcol}') is missing or empty: "
                              "fix or drop that row")
+        if need_answers and (a is None or not str(a).strip()):
+            where = "has no answer column" if acol is None else f"row {i + 1}: the answer ('{acol}') is empty"
+            raise UsageError(f"dataset '{spec}' {where}, and --objective grpo rewards answers that match it: pass a "
+                             f"dataset with answers (a column among {', '.join(ANSWER_COLUMNS)}), or use --objective "
+                             "sept or emft")
         out.append({"id": str(row.get("id", i)), "question": q, "answer": None if a is None else str(a)})
     return out[:limit] if limit else out
 

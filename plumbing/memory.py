@@ -147,6 +147,20 @@ def plan_memory(args, model_path, world=1):
     return Plan(sampler, args.dtype, prompts, micro, ckpt, static_cache=sampler == "fast" and cuda, text=line)
 
 
+def micro_batches(rollouts, max_tokens):
+    """Consecutive groups of rollouts whose padded size (rows x longest row) stays within max_tokens, so
+    memory is planned in tokens: answers run from 10 to 1,024 tokens. A row longer than the budget goes alone."""
+    groups, current, longest = [], [], 0
+    for r in rollouts:
+        n = len(r["prompt_ids"]) + len(r["answer_ids"])
+        if current and max(longest, n) * (len(current) + 1) > max_tokens:
+            groups.append(current)
+            current, longest = [], 0
+        current.append(r)
+        longest = max(longest, n)
+    return groups + [current] if current else groups
+
+
 def halving_on_oom(run, plan, field, what, retry=True):
     """run(plan.<field>), and on CUDA out-of-memory run with half of it, ... down to 1, each retry said in one
     line and kept in the plan. Stops with one line when even 1 does not fit (no checkpoint is written mid-round,

@@ -172,7 +172,8 @@ def answer_nll(model, input_ids, attention_mask, labels, tau_train, loss_impl="f
 
 def answer_entropy_naive(model, input_ids, attention_mask, labels, tau_train, advantages=None):
     """EM-FT's loss (arXiv 2505.15134), plain: (sum over answer prefixes of the entropy of pi(. | prefix; tau_train),
-    their number). Where SePT trains on the token it sampled, EM-FT flattens nothing and sharpens everything."""
+    their number). Where SePT trains on the token it sampled, EM-FT sharpens each visited distribution towards its own
+mode, whichever token was sampled."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
     logp = F.log_softmax(logits[labels[:, 1:] != -100].float() / tau_train, dim=-1)  # (N, V)
     return -(logp.exp() * logp).sum(), len(logp)

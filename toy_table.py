@@ -164,8 +164,8 @@ def base_lines(versus_base, limit):
     base = versus_base["base"]
     best = ", ".join(f"s{s} {b['tau']:g}" for s, b in base.items())
     lines = ["", f"Against the base model at its best temperature (swept over {BASE_TEMPS} by the mean of pass@1 "
-             f"and pass@8; per seed: {best}); every arm's final model at tau = 1; 8 samples on each of {limit} held-out "
-             "questions (eval_math.py):", "",
+             f"and pass@8; per seed: {best}); every arm's final model at tau = 1; 8 samples on each of {limit} "
+             "held-out questions (eval_math.py):", "",
              "| model | pass@1 | pass@8 | beats the base at pass@1 | beats it at pass@8 |", "|---|---:|---:|---:|---:|",
              f"| base, best tau | {mean_sd([b['pass@1'] for b in base.values()])} | "
              f"{mean_sd([b['pass@8'] for b in base.values()])} | | |"]

@@ -8,19 +8,13 @@ import torch.nn.functional as F
 
 import sept_mini as sm
 from conftest import tiny_qwen
+from test_loss import batch_with_padding_and_empty_row, grads  # three right-padded rows, the last one masked
 from plumbing import cli
 
 
 def plain_entropy_sum(hidden, weight, bias, tau):
     logp = F.log_softmax(F.linear(hidden, weight, bias) / tau, dim=-1)  # (N, V) at once
     return -(logp.exp() * logp).sum()
-
-
-def grads(fn, *tensors):
-    for t in tensors:
-        t.grad = None
-    fn().backward()
-    return [t.grad.clone() for t in tensors]
 
 
 @pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
@@ -47,16 +41,6 @@ def test_entropy_of_no_rows_is_zero_and_keeps_the_graph():
     assert total.item() == 0.0 and weight.grad is not None and weight.grad.abs().sum() == 0
 
 
-def padded_batch():
-    """Three right-padded rows; the last row's answer is fully masked (as in test_loss.py)."""
-    rollouts = [{"prompt_ids": [1, 2, 3], "answer_ids": [4, 5, 0]},
-                {"prompt_ids": [6, 7], "answer_ids": [8, 9, 10, 11, 0]},
-                {"prompt_ids": [3, 4, 5, 6], "answer_ids": [7]}]
-    input_ids, mask, labels = sm.training_batch(rollouts, pad_id=0)
-    labels[2] = -100
-    return input_ids, mask, labels
-
-
 @pytest.mark.parametrize("tie", [True, False])
 @pytest.mark.parametrize("tau", [0.7, 1.0])
 def test_answer_entropy_fused_equals_naive_through_a_model(tie, tau):
@@ -64,7 +48,7 @@ def test_answer_entropy_fused_equals_naive_through_a_model(tie, tau):
     out = {}
     for impl in ("fused", "naive"):
         model.zero_grad()
-        total, n = sm.answer_entropy(model, *padded_batch(), tau, impl)
+        total, n = sm.answer_entropy(model, *batch_with_padding_and_empty_row(30), tau, impl)
         (total / n).backward()
         out[impl] = (total.item(), n, {k: p.grad.clone() for k, p in model.named_parameters()})
     assert out["fused"][1] == out["naive"][1] == 3 + 5  # the prefixes of rows 1 and 2's answer tokens
@@ -75,7 +59,7 @@ def test_answer_entropy_fused_equals_naive_through_a_model(tie, tau):
 
 def test_emft_loss_is_the_mean_entropy_of_the_models_own_next_token_distributions():
     model = tiny_qwen(30)
-    input_ids, mask, labels = padded_batch()
+    input_ids, mask, labels = batch_with_padding_and_empty_row(30)
     total, n = sm.answer_entropy(model, input_ids, mask, labels, 1.0, "fused")
     probs = torch.softmax(model(input_ids=input_ids, attention_mask=mask).logits[:, :-1], -1)
     at_answers = probs[labels[:, 1:] != -100]  # (8, V)
@@ -96,7 +80,7 @@ def test_grpo_advantages_equal_a_hand_computed_case():
 def test_grpo_loss_equals_a_hand_computed_case():
     """sum over answers of advantage x (that answer's summed NLL), from per-row NLLs of the plain loss."""
     model = tiny_qwen(30)
-    input_ids, mask, labels = padded_batch()
+    input_ids, mask, labels = batch_with_padding_and_empty_row(30)
     advantages = torch.tensor([1.5, -0.5, 2.0])  # row 3 has no answer tokens: its advantage must not matter
     per_row = [sm.answer_nll_naive(model, input_ids[i:i + 1], mask[i:i + 1], labels[i:i + 1], 1.0)[0]
                for i in range(2)]

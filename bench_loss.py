@@ -2,6 +2,7 @@
 
     python bench_loss.py                     # H = 896, V = 151,936, 4,096 answer tokens, fp32, CPU (+ CUDA if present)
     python bench_loss.py --tokens 1024       # smaller, quicker
+    python bench_loss.py --loss entropy      # EM-FT's loss: the mean token entropy, plain vs chunked
 
 Each variant runs forward + backward in its own process, so one variant's freed memory cannot hide
 the other's peak. Rows: CPU in fp32; CUDA in fp32 (cuda_* keys) and bf16 (cuda_bf16_* keys).
@@ -31,6 +32,19 @@ def fused(hidden, weight, targets, tau):
     return fused_nll_sum(hidden, weight, None, targets, tau) / hidden.shape[0]
 
 
+def naive_entropy(hidden, weight, targets, tau):
+    logp = F.log_softmax(hidden @ weight.T / tau, dim=-1)  # (N, V), and its exp: two full copies
+    return -(logp.exp() * logp).sum(-1).mean()
+
+
+def fused_entropy(hidden, weight, targets, tau):
+    from sept_mini import fused_entropy_sum
+    return fused_entropy_sum(hidden, weight, None, tau) / hidden.shape[0]
+
+
+VARIANTS = {"nll": {"naive": naive, "fused": fused}, "entropy": {"naive": naive_entropy, "fused": fused_entropy}}
+
+
 def proc_status_mb(field):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
@@ -43,11 +57,11 @@ def reset_peak_rss():
         f.write("5")
 
 
-def measure(variant, device, dtype, tokens, hidden_size, vocab, train_weight, repeats):
+def measure(loss, variant, device, dtype, tokens, hidden_size, vocab, train_weight, repeats):
     """Runs in a child process: returns {'ms': median fwd+bwd time, 'peak_mb': extra memory of the call}."""
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    fn = {"naive": naive, "fused": fused}[variant]
+    fn = VARIANTS[loss][variant]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     weight = torch.randn(vocab, hidden_size, device=device).mul_(0.02).to(dtype).requires_grad_(train_weight)
     hidden = torch.randn(tokens, hidden_size, device=device, dtype=dtype, requires_grad=True)
@@ -81,24 +95,27 @@ def main():
     p.add_argument("--hidden", type=int, default=896, help="hidden size H (Qwen2.5-0.5B: 896)")
     p.add_argument("--vocab", type=int, default=151936, help="vocabulary size V (Qwen2.5: 151,936)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up call (median reported)")
+    p.add_argument("--loss", choices=list(VARIANTS), default="nll", help="SePT's tau-scaled NLL or EM-FT's entropy")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         variant, device, dtype, train = args.child.split(":")
         trained = train == "1"
-        print(json.dumps(measure(variant, device, dtype, args.tokens, args.hidden, args.vocab, trained, args.repeats)))
+        print(json.dumps(measure(args.loss, variant, device, dtype, args.tokens, args.hidden, args.vocab, trained,
+                                 args.repeats)))
         return
     # CPU in fp32; CUDA in fp32 (the keys of earlier versions) and in bf16, the dtype QLoRA/LoRA train in there
     devices = [("cpu", "fp32")] + ([("cuda", "fp32"), ("cuda", "bf16")] if torch.cuda.is_available() else [])
     results = {}
-    print(f"tau-scaled NLL, forward+backward, N={args.tokens} tokens, H={args.hidden}, V={args.vocab}")
+    what = {"nll": "tau-scaled NLL", "entropy": "mean token entropy (EM-FT)"}[args.loss]
+    print(f"{what}, forward+backward, N={args.tokens} tokens, H={args.hidden}, V={args.vocab}")
     print(f"{'device':<7}{'dtype':<6}{'output W':<10}{'loss':<7}{'time ms':>10}{'peak MiB':>11}")
     for device, dtype in devices:
         for train in ("1", "0"):
             for variant in ("naive", "fused"):
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{variant}:{device}:{dtype}:{train}",
                        "--tokens", str(args.tokens), "--hidden", str(args.hidden), "--vocab", str(args.vocab),
-                       "--repeats", str(args.repeats)]
+                       "--repeats", str(args.repeats), "--loss", args.loss]
                 here = os.path.dirname(os.path.abspath(__file__))
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=here)
                 if out.returncode != 0:

@@ -54,9 +54,14 @@ def score(samples, ks):
     return results
 
 
+def best_temperature(results):
+    """The temperature of best mean AVG: the paper's honest baseline for an untuned model (--sweep)."""
+    return max(results, key=lambda t: results[t]["mean"]["AVG"])
+
+
 def print_tables(results, ks, sweep):
     avg_of = ", ".join(f"pass@{k}" for k in PAPER_KS if k in ks)
-    best = max(results, key=lambda t: results[t]["mean"]["AVG"]) if sweep else None
+    best = best_temperature(results) if sweep else None
     cols = [f"pass@{k}" for k in ks] + ["AVG"]
     for tau, rows in sorted(results.items()):
         print(f"\n### tau = {tau:g}{' (greedy)' * (tau == 0)}{'  <- baseline (best AVG)' * (tau == best)}\n")

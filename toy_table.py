@@ -63,24 +63,28 @@ def run(arm, seed, out, extra, lr=None):
     argv = (["--out", run_dir, "--resume"] if os.path.isfile(os.path.join(run_dir, "config.json"))
             else [*arm_flags(arm, lr), "--seed", str(seed), "--out", run_dir, *extra])
     os.makedirs(out, exist_ok=True)
-    log_path = run_dir + ".log"
+    return logged(run_dir + ".log", f"the {arm} run of seed {seed}", sm.main, argv)
+
+
+def logged(log_path, what, tool_main, argv):
+    """tool_main(argv) with its output appended to log_path; if it stops on bad input, its last line as ours."""
     try:
         with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            return sm.main(argv)
+            return tool_main(argv)
     except SystemExit:
         last_line = open(log_path).read().strip().splitlines()[-1]
-        raise UsageError(f"the {arm} run of seed {seed} stopped: {last_line}") from None
+        raise UsageError(f"{what} stopped: {last_line}") from None
 
 
-def pass_at_k(model, out_dir, temps, seed, limit):
-    """{tau: {pass@1, pass@8, AVG}} of `model` on `limit` held-out questions, 8 samples each (eval_math.py, its
-    output in OUT_DIR.log); reused when OUT_DIR/results.json exists."""
+def evaluated(model, out_dir, temps, seed, limit):
+    """eval_math.py's results ({tau: {"toy": {pass@1, pass@8, AVG}, "mean": ...}}) for `model` on `limit` held-out
+    questions, 8 samples each, its output in OUT_DIR.log; reused when OUT_DIR/results.json exists."""
     path = os.path.join(out_dir, "results.json")
     if not os.path.isfile(path):
-        with open(out_dir + ".log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            eval_math.main(["--model", model, "--benchmark", "toy", "--temps", temps, "--n", "8", "--k", "1,8",
-                            "--limit", str(limit), "--seed", str(seed), "--out", out_dir])
-    return {float(t): r["toy"] for t, r in json.load(open(path))["results"].items()}
+        logged(out_dir + ".log", f"the evaluation of {model}", eval_math.main,
+               ["--model", model, "--benchmark", "toy", "--temps", temps, "--n", "8", "--k", "1,8", "--limit",
+                str(limit), "--seed", str(seed), "--out", out_dir])
+    return {float(t): r for t, r in json.load(open(path))["results"].items()}
 
 
 def against_the_base(table, out, seeds, limit):
@@ -89,12 +93,13 @@ def against_the_base(table, out, seeds, limit):
     import toy_world
     result = {"base": {}}
     for seed in console.progress(seeds, "pass@k of the base models"):
-        sweep = pass_at_k(toy_world.load_or_build(seed=seed), os.path.join(out, f"base-s{seed}-eval"), BASE_TEMPS,
+        sweep = evaluated(toy_world.load_or_build(seed=seed), os.path.join(out, f"base-s{seed}-eval"), BASE_TEMPS,
                           seed, limit)
-        best = max(sweep, key=lambda t: sweep[t]["AVG"])
-        result["base"][seed] = {"tau": best, "pass@1": sweep[best]["pass@1"], "pass@8": sweep[best]["pass@8"]}
+        best = eval_math.best_temperature(sweep)
+        result["base"][seed] = {"tau": best, "pass@1": sweep[best]["toy"]["pass@1"],
+                                "pass@8": sweep[best]["toy"]["pass@8"]}
     for row, runs in console.progress(table.items(), "pass@k of the final models"):
-        result[row] = {seed: pass_at_k(r["run_dir"], r["run_dir"] + "-eval", "1.0", seed, limit)[1.0]
+        result[row] = {seed: evaluated(r["run_dir"], r["run_dir"] + "-eval", "1.0", seed, limit)[1.0]["toy"]
                        for seed, r in runs.items()}
     return result
 

@@ -35,3 +35,12 @@ def test_an_arm_beats_the_base_only_where_it_is_strictly_above_on_that_seed():
     lines = toy_table.base_lines(versus_base, 256)
     assert "s0 0.4, s1 0.6" in lines[1]
     assert lines[-1] == "| grpo | 72.5 ± 17.7 | 99.8 ± 0.4 | 1/2 seeds | 1/2 seeds |"
+
+
+def test_an_evaluation_that_stops_on_bad_input_is_one_line_naming_it(tmp_path):
+    from plumbing import UsageError
+    with pytest.raises(UsageError) as e:
+        toy_table.evaluated(str(tmp_path / "no-such-model"), str(tmp_path / "eval"), "1.0", 0, 8)
+    message = str(e.value)
+    assert message.startswith(f"the evaluation of {tmp_path / 'no-such-model'} stopped: ") and "\n" not in message
+    assert not (tmp_path / "eval" / "results.json").exists()

@@ -5,7 +5,10 @@ a real model folder's rounds in fp32 vs bf16.
     python bench_round.py --shape qwen2.5-0.5b              # on a GPU: QLoRA, 64 prompts, 1,024 new tokens
     python bench_round.py --shape qwen2.5-0.5b --tokenizer path/to/qwen/tokenizer
     python bench_round.py --model FOLDER --dataset math500.parquet   # a real model on CPU: fp32 vs bf16, LoRA,
-                                                            # 16 questions x 256 tokens a round (~10 min on 2 cores)
+                                                            # 16 questions x 256 tokens a round (fp32: 6 min on 2
+                                                            # cores); a CPU without AVX512-BF16 emulates bf16, 45x
+                                                            # slower to train: there --prompts 8 --max-new-tokens 128
+                                                            # --rounds 1 takes 55 min
     python bench_round.py --model FOLDER --update-peaks 4x256:off,8x256:off,4x512:off,8x256:on,4x512:on,16x256:on
                                                             # the memory plan's calibration (README), ~10 min
 
@@ -108,7 +111,8 @@ def compare_samplers(argv):
         return compare_update_peaks(args)
     if args.model:
         return compare_dtypes(args)
-    work = tempfile.mkdtemp(prefix="bench-round-")
+    work_dir = tempfile.TemporaryDirectory(prefix="bench-round-")  # model, questions and runs: removed on return
+    work = work_dir.name
     model_dir, data = os.path.join(work, "model"), os.path.join(work, "questions.jsonl")
     tokenizer_dir = args.tokenizer or (None if args.shape == "tiny" else qwen_tokenizer_dir())
     n_params = build(args.shape, tokenizer_dir, model_dir)
@@ -194,7 +198,8 @@ def compare_update_peaks(args):
 def compare_dtypes(args):
     """Rounds of a real model folder on this machine, once per dtype, each in a fresh process."""
     import subprocess
-    work = tempfile.mkdtemp(prefix="bench-dtype-")
+    work_dir = tempfile.TemporaryDirectory(prefix="bench-dtype-")  # questions and runs: removed on return
+    work = work_dir.name
     data = args.dataset or os.path.join(work, "questions.jsonl")
     if not args.dataset:
         with open(data, "w") as f:

@@ -21,9 +21,11 @@ def one_line_errors(prog):
 def quiet_libraries():
     """A first screen without library messages a user cannot act on: our generation config is explicit on purpose,
     a failed hub load is reported in one line, transformers' renamed gradient-checkpointing API (called by peft) is
-    not ours to fix, and bitsandbytes on AVX512-BF16 CPUs logs at import that an optional kernel package is absent."""
+    not ours to fix, bitsandbytes on AVX512-BF16 CPUs logs at import that an optional kernel package is absent, and
+    tqdm.auto (imported by the libraries) warns in Jupyter without ipywidgets, where progress() falls back anyway."""
     import logging
     import warnings
+    warnings.filterwarnings("ignore", message="IProgress not found")  # before transformers imports tqdm.auto
 
     import huggingface_hub
     import transformers

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import bench_round
 
@@ -18,8 +19,18 @@ def test_bench_loss_prints_rows_and_a_json_line_with_the_ratios():
     assert out.stdout.count("cpu    fp32") == 4  # trained/frozen x naive/fused
 
 
-def test_bench_round_compares_the_samplers_and_ends_with_json(capsys):
+def scratch_dir(tmp_path, monkeypatch):
+    """Where tempfile puts its folders during the test, so that what a benchmark leaves behind can be seen."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+
+
+def test_bench_round_compares_the_samplers_and_ends_with_json(capsys, tmp_path, monkeypatch):
+    scratch = scratch_dir(tmp_path, monkeypatch)
     line = bench_round.main(["--rounds", "2", "--max-new-tokens", "16", "--eval-size", "4"])
+    assert not os.listdir(scratch)  # its model, questions and runs are removed when it returns
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == json.loads(json.dumps(line))
     for sampler in ("fast", "plain"):
@@ -27,8 +38,10 @@ def test_bench_round_compares_the_samplers_and_ends_with_json(capsys):
     assert line["gen_speedup"] > 0 and line["shape"] == "tiny"
 
 
-def test_bench_round_compares_dtypes_on_a_model_folder(tiny_model_dir, capsys):
+def test_bench_round_compares_dtypes_on_a_model_folder(tiny_model_dir, capsys, tmp_path, monkeypatch):
+    scratch = scratch_dir(tmp_path, monkeypatch)
     line = bench_round.main(["--model", tiny_model_dir, "--rounds", "1", "--prompts", "4", "--max-new-tokens", "8"])
+    assert not os.listdir(scratch)
     assert {"fp32", "bf16"} <= set(line) and line["bf16_gen_speedup"] > 0 and line["bf16_train_speedup"] > 0
     assert all(line[d]["peak_rss_gb"] > 0 and "plan:" in line[d]["plan"] for d in ("fp32", "bf16"))
     assert "| bf16 |" in capsys.readouterr().out

@@ -18,6 +18,13 @@ def test_committed_notebook_has_cell_ids_stored_figures_and_no_errors():
     assert sum("image/png" in o.get("data", {}) for o in outputs(nb)) >= 3  # curves, margins, pass@k
     assert not any(o.get("output_type") == "error" for o in outputs(nb))
     assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code")  # every cell was run
+    assert not library_notices(nb)
+
+
+def library_notices(nb):
+    """Messages from transformers or tqdm among the outputs: a reader cannot act on them (console.quiet_libraries)."""
+    stderr = [o.get("text", "") for o in outputs(nb) if o.get("name") == "stderr"]
+    return [t for t in stderr if "[transformers]" in t or "TqdmWarning" in t]
 
 
 def test_notebook_runs_end_to_end_in_the_fast_setting(monkeypatch):
@@ -27,3 +34,4 @@ def test_notebook_runs_end_to_end_in_the_fast_setting(monkeypatch):
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": NOTEBOOKS}}).execute()
     assert not any(o.get("output_type") == "error" for o in outputs(nb))
     assert "setting: fast" in "".join(o.get("text", "") for o in outputs(nb))
+    assert not library_notices(nb)

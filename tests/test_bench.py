@@ -27,10 +27,14 @@ def scratch_dir(tmp_path, monkeypatch):
     return scratch
 
 
+def left_behind(scratch):
+    return [name for name in os.listdir(scratch) if name.startswith("bench-")]  # not torch.compile's own cache
+
+
 def test_bench_round_compares_the_samplers_and_ends_with_json(capsys, tmp_path, monkeypatch):
     scratch = scratch_dir(tmp_path, monkeypatch)
     line = bench_round.main(["--rounds", "2", "--max-new-tokens", "16", "--eval-size", "4"])
-    assert not os.listdir(scratch)  # its model, questions and runs are removed when it returns
+    assert not left_behind(scratch)  # its model, questions and runs are removed when it returns
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == json.loads(json.dumps(line))
     for sampler in ("fast", "plain"):
@@ -41,7 +45,7 @@ def test_bench_round_compares_the_samplers_and_ends_with_json(capsys, tmp_path, 
 def test_bench_round_compares_dtypes_on_a_model_folder(tiny_model_dir, capsys, tmp_path, monkeypatch):
     scratch = scratch_dir(tmp_path, monkeypatch)
     line = bench_round.main(["--model", tiny_model_dir, "--rounds", "1", "--prompts", "4", "--max-new-tokens", "8"])
-    assert not os.listdir(scratch)
+    assert not left_behind(scratch)
     assert {"fp32", "bf16"} <= set(line) and line["bf16_gen_speedup"] > 0 and line["bf16_train_speedup"] > 0
     assert all(line[d]["peak_rss_gb"] > 0 and "plan:" in line[d]["plan"] for d in ("fp32", "bf16"))
     assert "| bf16 |" in capsys.readouterr().out

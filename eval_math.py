@@ -21,7 +21,7 @@ import torch
 
 import grading
 import sept_mini as sm
-from plumbing import UsageError, cli, console, data, rundir
+from plumbing import UsageError, cli, console, data, floatpath, rundir
 
 PAPER_KS = (1, 8, 32)  # AVG = mean of pass@1, pass@8, pass@32
 
@@ -138,10 +138,13 @@ def generate_and_grade(args):
     names = list(data.BENCHMARKS) if args.benchmark == "all" else args.benchmark.split(",")
     console.quiet_libraries()
     device = cli.pick_device(args.device)
+    toy = args.model == "toy" or names == ["toy"]
+    if toy:  # the toy's one float path, before torch computes: every x86 CPU draws the same samples
+        floatpath.pin_toy_float_path(device)
     benches = {name: data.load_benchmark(name, args.data_dir, args.limit) for name in names}
     model, tok, style = rundir.load_final_model(args.model, args.cache_dir, device)
     style = (style or cli.prompt_style_for(args.model)) if args.prompt_style == "auto" else args.prompt_style
-    max_new = args.max_new_tokens or cli.default_max_new_tokens(args.model == "toy" or names == ["toy"])
+    max_new = args.max_new_tokens or cli.default_max_new_tokens(toy)
     samples = []
     for tau, (name, questions) in ((t, b) for t in temps for b in benches.items()):
         n = 1 if tau == 0 else args.n  # greedy is deterministic: one sample stands for all n

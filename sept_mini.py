@@ -11,23 +11,21 @@ preferences (docs/theory.md); with tau_sample = tau_train the expected gradient 
     python sept_mini.py --model Qwen2.5-0.5B             # QLoRA on one GPU (hub access needed)
     python sept_mini.py --model ./my-model --dataset questions.parquet --finetune lora
     python sept_mini.py --out runs/x --resume            # continue a killed run
-    python sept_mini.py --objective grpo --rollouts 8 --prompts-per-round 16   # a rival: RL with the grader's reward
     torchrun --nproc-per-node 8 sept_mini.py --model Qwen2.5-Math-1.5B   # data parallel, one GPU per process
 
 Read it top to bottom: the temperature schedule, the prompt, sampling (rollout), the loss (the plain
-reference and the fused version, side by side), SePT's two rivals (--objective emft: entropy minimisation,
---objective grpo: RL with a verifier) as other losses in the same loop, one update, evaluation, and the loop
-(main). Everything that is not SePT (flags and their checks, data files, model loading, torchrun, the run
-directory with its checkpoints, the memory plan, the chunked loss kernels) is one call into the package
-plumbing/, which a reader can skip.
+reference and the fused version, side by side), one update, evaluation, and the loop (main), which is the
+paper's Algorithm 1. Two rivals of SePT (EM-FT: entropy minimisation; GRPO: RL with a verifier) sit in the last
+section, apart, and plug into the loop at one point, for the README's comparison. Everything that is
+not the algorithm (flags and their checks, data files, model loading, torchrun, the run directory with its
+checkpoints and metrics, the memory plan, the chunked loss kernels) is a call into the package plumbing/, which
+a reader can skip.
 Outputs land in --out: config.json, metrics.jsonl, samples.jsonl (two raw samples per round, special
 tokens included), ckpt.pt, final/ (model or adapter).
 """
 import contextlib
 import math
 import random
-import time
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +35,12 @@ from plumbing.fused import fused_entropy_sum, fused_nll_sum  # the (tokens x V) 
 from plumbing.memory import micro_batches  # groups of rollouts within a token budget
 
 REASONING_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+# Seeds. Each round's sampling, each round's update and each evaluation draw from a stream of their own, seeded from
+# --seed and the round alone: a resumed run draws exactly what an uninterrupted one would have drawn.
+SEED_STRIDE = 100_003  # sampling stream of round r: --seed x SEED_STRIDE + r; seeds s and s + 1 never share a stream
+UPDATE_OFFSET = 50_000  # the update of round r (dropout masks, if any): its sampling stream + UPDATE_OFFSET
+EVAL_STRIDE = 7_919     # the evaluation at round r: --seed + EVAL_STRIDE x r (a prime: apart from the streams above)
 
 
 # -----------------------------------------------------------------------------
@@ -102,9 +106,7 @@ def rollout(model, tokenizer, prompts, tau, max_new_tokens, batch_size=64, stop_
         enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False,
                         pad_to_multiple_of=64 if static_cache else None)  # few prompt lengths: few compiled shapes
         enc = enc.to(model.device)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gen = model.generate(**enc, generation_config=config)
+        gen = model.generate(**enc, generation_config=config)  # (B, prompt + new tokens), left-padded
         for row, mask in zip(gen, enc.attention_mask):
             prompt_ids = row[:enc.input_ids.shape[1]][mask.bool()].tolist()
             answer = row[enc.input_ids.shape[1]:].tolist()
@@ -134,15 +136,14 @@ def training_batch(rollouts, pad_id):
     return input_ids, attention_mask, labels
 
 
-def answer_nll_naive(model, input_ids, attention_mask, labels, tau_train, advantages=None):
-    """The plain reference: (sum of -log pi(answer token | prefix; tau_train), number of answer tokens).
-    GRPO passes advantages (B,): each answer's tokens then count advantage times (a policy gradient)."""
+def answer_nll_naive(model, input_ids, attention_mask, labels, tau_train):
+    """The plain reference: (sum of -log pi(answer token | prefix; tau_train), number of answer tokens)."""
     targets = labels[:, 1:]  # (B, T-1): token t is predicted from position t-1
     mask = targets != -100
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
     logp = F.log_softmax(logits.float() / tau_train, dim=-1)  # the full (B, T-1, V) twice over
     nll = -logp[mask].gather(1, targets[mask][:, None]).squeeze(1)  # (N,)
-    return (nll if advantages is None else nll * advantages[:, None].expand_as(mask)[mask]).sum(), int(mask.sum())
+    return nll.sum(), int(mask.sum())
 
 
 def answer_hidden(model, input_ids, attention_mask, labels):
@@ -152,93 +153,50 @@ def answer_hidden(model, input_ids, attention_mask, labels):
     return hidden.last_hidden_state[:, :-1][targets != -100], targets[targets != -100]
 
 
-def answer_nll_fused(model, input_ids, attention_mask, labels, tau_train, advantages=None):
+def answer_nll_fused(model, input_ids, attention_mask, labels, tau_train):
     """The same sum, never holding the (tokens x V) logits: only answer positions reach the output layer,
     a chunk of them at a time (plumbing/fused.py)."""
     hidden, targets = answer_hidden(model, input_ids, attention_mask, labels)
-    weights = None if advantages is None else advantages[:, None].expand_as(labels[:, 1:])[labels[:, 1:] != -100]
     head = model.get_output_embeddings()
-    return fused_nll_sum(hidden, head.weight, head.bias, targets, tau_train, weights=weights), len(targets)
+    return fused_nll_sum(hidden, head.weight, head.bias, targets, tau_train), len(targets)
 
 
-def answer_nll(model, input_ids, attention_mask, labels, tau_train, loss_impl="fused", advantages=None):
+def answer_nll(model, input_ids, attention_mask, labels, tau_train, loss_impl="fused"):
     """--loss fused (default) or naive: the same numbers (tests/test_loss.py), different memory."""
     impl = answer_nll_fused if loss_impl == "fused" else answer_nll_naive
-    return impl(model, input_ids, attention_mask, labels, tau_train, advantages)
-
-
-# -----------------------------------------------------------------------------
-# SePT's rivals, the same loop with another loss (--objective): EM-FT (no reward) and GRPO (a verifier's reward)
-
-def answer_entropy_naive(model, input_ids, attention_mask, labels, tau_train, advantages=None):
-    """EM-FT's loss (arXiv 2505.15134), plain: (sum over answer prefixes of the entropy of pi(. | prefix; tau_train),
-    their number). Where SePT trains on the token it sampled, EM-FT sharpens each visited distribution towards its own
-mode, whichever token was sampled."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
-    logp = F.log_softmax(logits[labels[:, 1:] != -100].float() / tau_train, dim=-1)  # (N, V)
-    return -(logp.exp() * logp).sum(), len(logp)
-
-
-def answer_entropy_fused(model, input_ids, attention_mask, labels, tau_train, advantages=None):
-    """The same sum, never holding the (tokens x V) logits: a chunk of answer positions at a time."""
-    hidden, _ = answer_hidden(model, input_ids, attention_mask, labels)  # (N, H)
-    head = model.get_output_embeddings()
-    return fused_entropy_sum(hidden, head.weight, head.bias, tau_train), len(hidden)
-
-
-def answer_entropy(model, input_ids, attention_mask, labels, tau_train, loss_impl="fused", advantages=None):
-    """--loss fused or naive, as answer_nll (advantages unused: EM-FT has no reward)."""
-    impl = answer_entropy_fused if loss_impl == "fused" else answer_entropy_naive
     return impl(model, input_ids, attention_mask, labels, tau_train)
 
 
-def grpo_advantages(rewards, n_questions, eps=1e-6):
-    """GRPO's group-normalised advantage (r - mean) / (std + eps) over the G answers to one question (std with
-    Bessel's correction and eps = 1e-6, as verl). rewards come as rollout() returns `prompts * G`: answer g to
-    question q at g * n_questions + q. A group whose rewards are all equal gets 0: it carries no signal."""
-    r = torch.tensor(rewards, dtype=torch.float32).view(-1, n_questions)  # (G, Q)
-    return ((r - r.mean(0)) / (r.std(0) + eps)).flatten().tolist()
-
-
-def training_loss(objective):
-    """The loss the update minimises, a token mean over the round's answers: SePT's NLL at tau_train; GRPO's the
-    same NLL with each answer's tokens weighted by its advantage; EM-FT's the entropy at the answer's prefixes.
-
-    GRPO here is verl's recipe less three parts, each exact or harmless at this scale: (1) no ratio clipping: one
-    update per round on fresh samples (--updates-per-round 1) makes the ratio pi/pi_old exactly 1, where the
-    clipped objective's gradient is exactly advantage x grad log pi (with more updates per round the later ones
-    are slightly off-policy and unclipped); (2) no KL penalty to the initial model (verl's coefficient is 0.001;
-    DAPO and Dr. GRPO drop it); (3) token-mean normalisation over all the round's answer tokens, verl's default
-    (the original GRPO averages per answer first, which weighs short answers' tokens more)."""
-    return answer_entropy if objective == "emft" else answer_nll
+def sept_loss(model, rollouts, pad_id, tau_train, loss_impl="fused"):
+    """SePT's loss on some rollouts (a micro-batch): (sum of -log pi(answer token | prefix; tau_train), tokens)."""
+    input_ids, attention_mask, labels = (x.to(model.device) for x in training_batch(rollouts, pad_id))
+    return answer_nll(model, input_ids, attention_mask, labels, tau_train, loss_impl)
 
 
 # -----------------------------------------------------------------------------
 # one update
 
 def sept_update(model, optimizer, scheduler, rollouts, tau_train, pad_id, loss_impl, micro_batch_tokens, clip=1.0,
-                ddp=None, objective="sept"):
-    """One optimizer update of SFT at tau_train on these rollouts (or of a rival's loss): token mean over all their
-    answer tokens, accumulated over micro-batches. Under torchrun each rank passes its own rollouts and `ddp`
-    (the model wrapped by distributed.wrap_ddp): the mean is then over every rank's answer tokens, so the
+                ddp=None, loss=sept_loss):
+    """One optimizer update of SFT at tau_train on these rollouts: the token mean of `loss` over all their answer
+    tokens, accumulated over micro-batches. Under torchrun each rank passes its own rollouts and `ddp` (the model
+    and the loss wrapped by distributed.wrap_ddp): the mean is then over every rank's answer tokens, so the
     update equals a single process's on the union. Returns (loss, tokens processed here)."""
     model.train()
     optimizer.zero_grad(set_to_none=True)  # a retry after out-of-memory starts clean
     n_answer = distributed.global_sum(sum(len(r["answer_ids"]) for r in rollouts))  # all ranks' answer tokens
     scale = (distributed.ddp_world() if ddp else 1) / max(1, n_answer)  # DDP averages gradients over ranks: undo it
-    forward = ddp or (lambda *batch: training_loss(objective)(model, *batch))
+    forward = ddp or (lambda *batch: loss(model, *batch))
     groups = micro_batches(rollouts, micro_batch_tokens)
     total, n_tokens = 0.0, 0
     for i, group in enumerate(groups):
-        input_ids, attention_mask, labels = (x.to(model.device) for x in training_batch(group, pad_id))
-        advantages = torch.tensor([r["advantage"] for r in group], device=model.device) if objective == "grpo" else None
         # under DDP gradients are averaged once per update, in the last micro-batch's backward; ranks may
         # have different numbers of micro-batches (their answers differ in length)
         with ddp.no_sync() if ddp and i < len(groups) - 1 else contextlib.nullcontext():
-            nll, _ = forward(input_ids, attention_mask, labels, tau_train, loss_impl, advantages)
+            nll, _ = forward(group, pad_id, tau_train, loss_impl)
             (nll * scale).backward()
         total += nll.item()
-        n_tokens += int(attention_mask.sum())
+        n_tokens += sum(len(r["prompt_ids"]) + len(r["answer_ids"]) for r in group)
     total = distributed.global_sum(total)
     if not math.isfinite(total):  # a step on inf/nan gradients would destroy the weights: refuse it
         optimizer.zero_grad(set_to_none=True)
@@ -267,7 +225,7 @@ def evaluate(model, tokenizer, questions, style, max_new_tokens, samples, batch_
 
 
 def graded(tokenizer, rollouts, questions):
-    """1.0 where grading.py accepts the decoded answer against the question's gold, else 0.0 (GRPO's reward too)."""
+    """1.0 where grading.py accepts the decoded answer against the question's gold, else 0.0."""
     import grading
     return [float(grading.grade(tokenizer.decode(r["answer_ids"], skip_special_tokens=True), q["answer"]))
             for r, q in zip(rollouts, questions)]
@@ -276,52 +234,50 @@ def graded(tokenizer, rollouts, questions):
 # -----------------------------------------------------------------------------
 # the loop (Algorithm 1), and the three steps of a round it calls
 
-def sample_round(policy, tokenizer, pool, round_, args, stop_ids):
-    """(tau_sample, rollouts): this rank's share of round `round_`'s questions, each answered --rollouts times."""
+def sample_round(sampler, tokenizer, pool, round_, args, stop_ids):
+    """(tau_sample, rollouts): this rank's share of round `round_`'s questions, each answered --rollouts times;
+    each rollout keeps its question (SePT never reads the answer key: a rival's reward may)."""
     tau = tau_sample_at(round_, args.rounds, args.tau_sample, args.tau_train, args.anneal)
     questions = distributed.rank_share(data.round_questions(pool, round_, args.prompts_per_round, args.seed))
     prompts = [build_prompt(tokenizer, q["question"], args.prompt_style) for q in questions]
 
     def draw(model, batch_size, static_cache):
-        torch.manual_seed(args.seed * 100_003 + round_ + distributed.rank_seed())  # each round its own: exact resume
+        torch.manual_seed(args.seed * SEED_STRIDE + round_ + distributed.rank_seed())
         return rollout(model, tokenizer, prompts * args.rollouts, tau, args.max_new_tokens, batch_size, stop_ids,
                        desc=f"round {round_} sampling", static_cache=static_cache)
-    rollouts = policy.sample(draw, f"sampling round {round_}")
-    if args.objective == "grpo":  # the verifier's reward, then each answer's advantage within its question's group
-        rewards = graded(tokenizer, rollouts, questions * args.rollouts)
-        for i, (r, advantage) in enumerate(zip(rollouts, grpo_advantages(rewards, len(questions)))):
-            group = rewards[i % len(questions)::len(questions)]  # the rewards of this answer's question
-            r.update(reward=rewards[i], advantage=advantage, flat_group=float(min(group) == max(group)))
+    rollouts = sampler.sample(draw, f"sampling round {round_}")
+    for r, question in zip(rollouts, questions * args.rollouts):
+        r["question"] = question
     return tau, rollouts
 
 
-def train_round(model, optimizer, scheduler, rollouts, round_, args, plan, pad_id, ddp, last_saved):
-    """--updates-per-round updates on the round's rollouts; (mean loss, tokens trained on by all ranks)."""
-    torch.manual_seed(args.seed * 100_003 + round_ + 50_000 + distributed.rank_seed())  # dropout masks, if any
+def train_round(model, optimizer, scheduler, loss, rollouts, round_, args, plan, pad_id, ddp, last_saved):
+    """--updates-per-round updates of `loss` on the round's rollouts; (mean loss, tokens trained on by all ranks)."""
+    torch.manual_seed(args.seed * SEED_STRIDE + round_ + UPDATE_OFFSET + distributed.rank_seed())
     random.Random(round_).shuffle(rollouts)  # rollouts of one question spread over the updates
     losses, n_tokens = [], 0
     for chunk in range(args.updates_per_round):
         part = rollouts[chunk::args.updates_per_round]
         update = lambda budget: sept_update(model, optimizer, scheduler, part, args.tau_train, pad_id, args.loss,
-                                            budget, ddp=ddp, objective=args.objective)
+                                            budget, ddp=ddp, loss=loss)
         try:  # under torchrun one rank cannot redo an update alone: no retry there
-            loss, n = memory.halving_on_oom(update, plan, "micro_batch_tokens", f"in round {round_}'s update",
+            mean, n = memory.halving_on_oom(update, plan, "micro_batch_tokens", f"in round {round_}'s update",
                                             retry=ddp is None)
         except FloatingPointError as e:
             raise UsageError(f"round {round_}: the training loss is not finite ({e}); stopped before that update, the "
                              f"checkpoint of round {last_saved} is kept: start again with a lower --lr") from None
-        losses.append(loss)
+        losses.append(mean)
         n_tokens += n
     return sum(losses) / len(losses), distributed.global_sum(n_tokens)
 
 
-def evaluate_heldout(policy, tokenizer, heldout, round_, args):
+def evaluate_heldout(sampler, tokenizer, heldout, round_, args):
     """Held-out scores at round `round_`: each rank grades its share, weighted back together; rank 0 prints."""
     share = distributed.rank_share(heldout)
     scores = {"pass@1": 0.0, "greedy": 0.0}  # a rank with no share (more ranks than questions) adds nothing
     if share:
-        seed = args.seed + 7919 * round_ + distributed.rank_seed()
-        scores = policy.sample(lambda model, batch, static_cache: evaluate(
+        seed = args.seed + EVAL_STRIDE * round_ + distributed.rank_seed()
+        scores = sampler.sample(lambda model, batch, static_cache: evaluate(
             model, tokenizer, share, args.prompt_style, args.max_new_tokens, args.eval_samples, batch, seed,
             static_cache), "in evaluation")
     if distributed.ddp_world() > 1:
@@ -341,7 +297,7 @@ def main(argv=None):
             models.check_4bit(args.device)
         with distributed.rank_zero_first():  # one rank builds the toy base or fills the download cache
             model_path = models.resolve_model_path(args.model, args.cache_dir, args.seed)
-            pool = data.load_questions(args.dataset, "train", seed=args.seed, need_answers=args.objective == "grpo")
+            pool = data.training_pool(args)  # with answers where a rival grades them
             heldout = data.load_heldout(args.eval_dataset, args.eval_size, args.seed) if args.eval_every else []
         plan = memory.plan_memory(args, model_path, world)
         if rank == 0:
@@ -357,45 +313,37 @@ def main(argv=None):
         if not run.resume(model, optimizer, scheduler):  # with --resume: the newest checkpoint; False if done
             distributed.compute_cleanup()
             return run.rows
-        ddp = distributed.wrap_ddp(model, training_loss(args.objective))  # None in a single process
-        policy = memory.Policy(model, plan, args.device)  # what generate samples from: model's weights, maybe a copy
+        loss, prepare = objective(args, tokenizer)  # SePT's loss; the one point where a rival plugs in instead
+        ddp = distributed.wrap_ddp(model, loss)  # None in a single process
+        sampler = memory.Sampler(model, plan, args.device)  # what generate draws from: the model, or a merged copy
         run.open(plan)
 
         if run.start == 0 and args.eval_every:
-            run.log({"round": 0, **evaluate_heldout(policy, tokenizer, heldout, 0, args)})
+            run.log({"round": 0, **evaluate_heldout(sampler, tokenizer, heldout, 0, args)})
         if args.offline and run.offline_data is None:  # the ablation: all data from the initial model, once
             rounds = console.progress(range(1, args.rounds + 1), "offline sampling")
             run.offline_data = distributed.gather_objects(
-                {r: sample_round(policy, tokenizer, pool, r, args, stop_ids) for r in rounds})
+                {r: sample_round(sampler, tokenizer, pool, r, args, stop_ids) for r in rounds})
 
         for round_ in console.progress(range(run.start + 1, args.rounds + 1), "SePT rounds", total=args.rounds,
                                        initial=run.start):
-            t0 = time.time()
+            stats = rundir.RoundStats(args)  # lengths, speeds, seconds and memory, gathered beside the algorithm
             if args.offline:
                 tau, rollouts = run.offline_data[rank][round_]
             else:  # sample at tau_sample from the current model...
-                tau, rollouts = sample_round(policy, tokenizer, pool, round_, args, stop_ids)
-            answer_tokens, n_rollouts, n_truncated = distributed.global_sum(
-                sum(len(r["answer_ids"]) for r in rollouts), len(rollouts), sum(r["truncated"] for r in rollouts))
-            t1 = time.time()  # after the sums above, which wait for every rank: the round's sampling wall time
+                tau, rollouts = sample_round(sampler, tokenizer, pool, round_, args, stop_ids)
+            rival_row = prepare(rollouts)  # {} for SePT, which grades nothing
+            stats.sampled(rollouts)
             # ...then train on the samples at tau_train
-            loss, n_tokens = train_round(model, optimizer, scheduler, rollouts, round_, args, plan, pad_id, ddp,
-                                         run.last_saved)
-            policy.refresh()  # the sampler's copy takes the new weights
-            t2 = time.time()
+            mean_loss, n_tokens = train_round(model, optimizer, scheduler, loss, rollouts, round_, args, plan, pad_id,
+                                              ddp, run.last_saved)
+            sampler.refresh()  # the sampler's copy takes the new weights
+            stats.trained(n_tokens)
             run.log_samples(round_, rollouts[:2], tokenizer)
-            row = {"round": round_, "tau_sample": round(tau, 4), "loss": loss, "lr": scheduler.get_last_lr()[0],
-                   "answer_len": answer_tokens / n_rollouts, "truncated": n_truncated / n_rollouts,
-                   "gen_tokens_per_s": None if args.offline else answer_tokens / max(t1 - t0, 1e-9),
-                   "train_tokens_per_s": n_tokens / max(t2 - t1, 1e-9), "round_s": t2 - t0}
-            if args.objective == "grpo":  # the training samples' accuracy, and the groups with no signal (all equal)
-                row.update({k: distributed.global_sum(sum(r[k] for r in rollouts)) / n_rollouts
-                            for k in ("reward", "flat_group")})
-            row["peak_rss_gb"] = memory.peak_rss_gb()  # this process's, so far: the plan's estimate is checked here
-            if args.device == "cuda":
-                row["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30  # rank 0's, under torchrun
+            row = {"round": round_, "tau_sample": round(tau, 4), "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                   **stats.row(), **rival_row}
             if args.eval_every and (round_ % args.eval_every == 0 or round_ == args.rounds):
-                row.update(evaluate_heldout(policy, tokenizer, heldout, round_, args))
+                row.update(evaluate_heldout(sampler, tokenizer, heldout, round_, args))
             run.log({**row, **plan.take_changes()})  # what an out-of-memory retry changed, if anything
             run.save_if_due(round_, model, optimizer, scheduler)
 
@@ -403,6 +351,89 @@ def main(argv=None):
         distributed.compute_cleanup()
         run.finish(model, tokenizer)  # rank 0: final/ and the before/after table
         return run.rows
+
+
+# -----------------------------------------------------------------------------
+# SePT's rivals (--objective): the same loop with another loss, for the comparison in the README. Not SePT.
+# EM-FT minimises the entropy of the model's own distributions (no reward, like SePT); GRPO trains on the grader's
+# reward (a verifier, which SePT does without). Each is a loss with sept_loss's signature, loss(model, rollouts,
+# pad_id, tau_train, loss_impl) -> (sum over answer tokens, their number), and a step that prepares a round's
+# rollouts for it; objective() hands main() the pair.
+
+def objective(args, tokenizer):
+    """(the loss every update minimises, prepare(rollouts) -> metrics of the round): the one point where a rival
+    plugs into main(). SePT: its own loss, and nothing to prepare (it grades nothing)."""
+    if args.objective == "emft":
+        return emft_loss, lambda rollouts: {}
+    if args.objective == "grpo":
+        return grpo_loss, lambda rollouts: grpo_rewards(tokenizer, rollouts, args.rollouts)
+    return sept_loss, lambda rollouts: {}
+
+
+def answer_entropy_naive(model, input_ids, attention_mask, labels, tau_train):
+    """EM-FT's loss (arXiv 2505.15134), plain: (sum over answer prefixes of the entropy of pi(. | prefix; tau_train),
+    their number). Where SePT trains on the token it sampled, EM-FT sharpens each visited distribution towards its own
+    mode, whichever token was sampled."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+    logp = F.log_softmax(logits[labels[:, 1:] != -100].float() / tau_train, dim=-1)  # (N, V)
+    return -(logp.exp() * logp).sum(), len(logp)
+
+
+def answer_entropy_fused(model, input_ids, attention_mask, labels, tau_train):
+    """The same sum, never holding the (tokens x V) logits: a chunk of answer positions at a time."""
+    hidden, _ = answer_hidden(model, input_ids, attention_mask, labels)  # (N, H)
+    head = model.get_output_embeddings()
+    return fused_entropy_sum(hidden, head.weight, head.bias, tau_train), len(hidden)
+
+
+def emft_loss(model, rollouts, pad_id, tau_train, loss_impl="fused"):
+    """EM-FT's loss on some rollouts, --loss fused or naive as sept_loss."""
+    input_ids, attention_mask, labels = (x.to(model.device) for x in training_batch(rollouts, pad_id))
+    impl = answer_entropy_fused if loss_impl == "fused" else answer_entropy_naive
+    return impl(model, input_ids, attention_mask, labels, tau_train)
+
+
+def grpo_advantages(rewards, n_questions, eps=1e-6):
+    """GRPO's group-normalised advantage (r - mean) / (std + eps) over the G answers to one question (std with
+    Bessel's correction and eps = 1e-6, as verl). rewards come as rollout() returns `prompts * G`: answer g to
+    question q at g * n_questions + q. A group whose rewards are all equal gets 0: it carries no signal."""
+    r = torch.tensor(rewards, dtype=torch.float32).view(-1, n_questions)  # (G, Q)
+    return ((r - r.mean(0)) / (r.std(0) + eps)).flatten().tolist()
+
+
+def grpo_rewards(tokenizer, rollouts, group_size):
+    """GRPO's step between sampling and training: each answer's reward from the grader and its advantage within
+    its question's group of `group_size` answers. Returns the round's training reward and its share of flat groups
+    (all rewards equal: no signal), over every rank."""
+    n_questions = len(rollouts) // group_size
+    rewards = graded(tokenizer, rollouts, [r["question"] for r in rollouts])
+    for i, (r, advantage) in enumerate(zip(rollouts, grpo_advantages(rewards, n_questions))):
+        group = rewards[i % n_questions::n_questions]  # the rewards of this answer's question
+        r.update(reward=rewards[i], advantage=advantage, flat_group=float(min(group) == max(group)))
+    n_rollouts = distributed.global_sum(len(rollouts))
+    return {k: distributed.global_sum(sum(r[k] for r in rollouts)) / n_rollouts for k in ("reward", "flat_group")}
+
+
+def grpo_loss(model, rollouts, pad_id, tau_train, loss_impl="fused"):
+    """GRPO's policy-gradient loss: SePT's NLL at tau_train with each answer's tokens weighted by its advantage.
+
+    This is verl's recipe less three parts, each exact or harmless at this scale: (1) no ratio clipping: one
+    update per round on fresh samples (--updates-per-round 1) makes the ratio pi/pi_old exactly 1, where the
+    clipped objective's gradient is exactly advantage x grad log pi (with more updates per round the later ones
+    are slightly off-policy and unclipped); (2) no KL penalty to the initial model (verl's coefficient is 0.001;
+    DAPO and Dr. GRPO drop it); (3) token-mean normalisation over all the round's answer tokens, verl's default
+    (the original GRPO averages per answer first, which weighs short answers' tokens more)."""
+    input_ids, attention_mask, labels = (x.to(model.device) for x in training_batch(rollouts, pad_id))
+    mask = labels[:, 1:] != -100  # (B, T-1): the answer positions
+    advantages = torch.tensor([r["advantage"] for r in rollouts], device=model.device)[:, None].expand_as(mask)[mask]
+    if loss_impl == "naive":
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+        logp = F.log_softmax(logits.float() / tau_train, dim=-1)  # (B, T-1, V)
+        nll = -logp[mask].gather(1, labels[:, 1:][mask][:, None]).squeeze(1)  # (N,)
+        return (nll * advantages).sum(), int(mask.sum())
+    hidden, targets = answer_hidden(model, input_ids, attention_mask, labels)
+    head = model.get_output_embeddings()
+    return fused_nll_sum(hidden, head.weight, head.bias, targets, tau_train, weights=advantages), len(targets)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ low-temperature samples are wrong about half the time and SePT reinforces the er
     python toy_world.py --seed 3             # another base model: each seed builds its own
     python toy_world.py --rebuild            # build it again from scratch
 
-Everything is deterministic given the seed on one machine (another CPU kind or thread count takes other
-float paths and builds a slightly different base, which is why results are quoted over several seeds).
+Everything is deterministic given the seed, and the same on every x86-64 CPU at any thread count: the toy's
+float path is pinned to AVX2 kernels (plumbing/floatpath.py; SEPT_FREE_FLOAT_PATH=1 frees it). Elsewhere (Apple
+silicon, a GPU) another base model comes out, which is why results are also quoted over several seeds.
 The build takes about 100 s on 2 CPU cores and is cached under --cache-dir (default
 $XDG_CACHE_HOME/sept-mini, i.e. ~/.cache/sept-mini); a partial or corrupt cache is rebuilt.
 """
@@ -29,6 +30,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 
 import torch
@@ -222,4 +224,6 @@ if __name__ == "__main__":
     parser.add_argument("--rebuild", action="store_true", help="build again even if a cached model exists")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    from plumbing import floatpath
+    print(floatpath.pin_toy_float_path(), file=sys.stderr)  # the same base on every x86 CPU, at any thread count
     print(load_or_build(args.cache_dir, args.seed, args.steps, args.rebuild))

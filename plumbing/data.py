@@ -20,6 +20,12 @@ QUESTION_COLUMNS = ("problem", "question", "prompt", "query", "input")
 ANSWER_COLUMNS = ("answer", "final_answer", "ground_truth", "reward_model", "solution")  # first found wins
 
 
+def training_pool(args):
+    """A run's question pool: --dataset's train split, which must carry answers when the run's objective grades its
+    samples (--objective grpo); SePT and EM-FT read questions only."""
+    return load_questions(args.dataset, "train", seed=args.seed, need_answers=args.objective == "grpo")
+
+
 def load_questions(spec, split="train", limit=None, seed=0, need_answers=False):
     """Questions as dicts {id, question, answer}; answer is None when the dataset has none, which `need_answers`
     (a reward from the grader: --objective grpo) refuses."""

@@ -23,13 +23,16 @@ def ddp_world():
 
 
 def compute_init(args):
-    """Set threads and the allocator (CPU), join torchrun's group (NCCL on CUDA, gloo on CPU) with one device per
-    rank; return (rank, world). Alone: (0, 1) and no group."""
+    """Set threads and the allocator (CPU), pin the toy's float path (plumbing/floatpath.py), join torchrun's group
+    (NCCL on CUDA, gloo on CPU) with one device per rank; return (rank, world). Alone: (0, 1) and no group."""
     if args.device == "cpu":
         from plumbing.memory import return_freed_memory
         return_freed_memory()  # before the model is loaded: the plan's estimate assumes it
         if "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(os.cpu_count() or 1)
+    if args.model == "toy":
+        from plumbing import floatpath
+        floatpath.pin_toy_float_path(args.device)  # before torch computes anything: every CPU then gets the same bits
     rank, world = ddp_rank(), ddp_world()
     if world > 1 and args.prompts_per_round // world * args.rollouts < args.updates_per_round:
         raise UsageError(f"--prompts-per-round {args.prompts_per_round} split over {world} processes leaves some with "
@@ -98,8 +101,8 @@ def gather_objects(obj):
 @contextlib.contextmanager
 def rank_zero_first():
     """Rank 0 runs the block first (it may build the toy base or fill a download cache), then the others. While
-    they wait, rank 0 uses every core (torchrun gives each process one thread; a toy base built with 1 and with 2
-    threads came out bit-identical)."""
+    they wait, rank 0 uses every core (torchrun gives each process one thread; the toy's pinned float path gives the
+    same bits at any thread count)."""
     import torch.distributed as dist
     if not dist.is_initialized():
         yield
@@ -117,7 +120,8 @@ def rank_zero_first():
 
 class LossModule(torch.nn.Module):
     """A training loss as one module for DDP to wrap: a fused loss calls the decoder and the output layer
-    directly, past model.forward, where DDP would not see it. forward(*batch) = loss(model, *batch)."""
+    directly, past model.forward, where DDP would not see it. forward(*batch) = loss(model, *batch), where a batch
+    is (rollouts, pad_id, tau_train, loss_impl), as sept_mini.sept_loss takes it."""
 
     def __init__(self, model, loss):
         super().__init__()

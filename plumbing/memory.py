@@ -130,9 +130,13 @@ def plan_memory(args, model_path, world=1):
         if not args.gen_batch_size:
             while prompts > 1 and peak(sampler, ckpt, micro) > 0.9 * budget and kv_gb(prompts) > act_gb(micro, ckpt):
                 prompts //= 2
-    line = (f"plan: {n_params / 1e6:.0f}M parameters, {args.finetune}, sampler {sampler}, generation batches of "
+    size = f"{n_params / 1e6:.2f}M" if n_params < 1e7 else f"{n_params / 1e6:.0f}M"
+    line = (f"plan: {size} parameters, {args.finetune}, sampler {sampler}, generation batches of "
             f"{prompts} prompts, micro-batches of {micro} tokens, gradient checkpointing {'on' if ckpt else 'off'}")
-    if cuda:
+    if args.model == "toy":  # memory is no question for 0.42M parameters; which float path runs is
+        from plumbing import floatpath
+        line += f", {args.dtype}; {floatpath.status}"
+    elif cuda:
         line += (f"; estimated GPU memory: weights {weights_gb:.1f} GB + sampler copy "
                  f"{merged_gb if sampler == 'fast' else 0:.1f} GB + KV cache {kv_gb(prompts):.1f} GB, budget "
                  f"{budget:.1f} GB")
@@ -187,8 +191,8 @@ def halving_on_oom(run, plan, field, what, retry=True):
             print(f"warning: out of GPU memory {what}: retrying with {flag} {size // 2}", file=sys.stderr)
 
 
-class Policy:
-    """What generate samples from: the merged copy (--sampler fast) or the trained model itself (plain), with the
+class Sampler:
+    """What generate samples from (not the policy itself: the trained model, or a copy of it made for speed): the merged copy (--sampler fast) or the trained model itself (plain), with the
     out-of-memory retry. The fast paths that only CUDA takes (the static KV cache with its compiled forward, the
     merged copy there) have never run in this project's tests; when one raises, sampling falls back to the path
     the tests cover, says so in one line, and stays there."""

@@ -14,6 +14,11 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 BENCHMARKS = os.path.join(SHARED, "data", "benchmarks")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: subprocesses, kills, torchrun, notebook execution or long runs; the "
+                            "fast tier is `python -m pytest -q tests -m 'not slow'`")
+
+
 def tiny_qwen(vocab_size, hidden=32, layers=2, tie=True, seed=0, **extra):
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(seed)

@@ -39,7 +39,7 @@ def updated_weights(model_dir, finetune, rollouts, ddp=False, updates=3):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 3))
-    wrapped = distributed.wrap_ddp(model, sm.answer_nll) if ddp else None
+    wrapped = distributed.wrap_ddp(model, sm.sept_loss) if ddp else None
     for u in range(updates):
         part = rollouts[u::updates]
         sm.sept_update(model, optimizer, scheduler, distributed.rank_share(part) if ddp else part, 1.0,

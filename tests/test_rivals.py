@@ -12,6 +12,9 @@ from test_loss import batch_with_padding_and_empty_row, grads  # three right-pad
 from plumbing import cli
 
 
+ENTROPY = {"fused": sm.answer_entropy_fused, "naive": sm.answer_entropy_naive}
+
+
 def plain_entropy_sum(hidden, weight, bias, tau):
     logp = F.log_softmax(F.linear(hidden, weight, bias) / tau, dim=-1)  # (N, V) at once
     return -(logp.exp() * logp).sum()
@@ -48,7 +51,7 @@ def test_answer_entropy_fused_equals_naive_through_a_model(tie, tau):
     out = {}
     for impl in ("fused", "naive"):
         model.zero_grad()
-        total, n = sm.answer_entropy(model, *batch_with_padding_and_empty_row(30), tau, impl)
+        total, n = ENTROPY[impl](model, *batch_with_padding_and_empty_row(30), tau)
         (total / n).backward()
         out[impl] = (total.item(), n, {k: p.grad.clone() for k, p in model.named_parameters()})
     assert out["fused"][1] == out["naive"][1] == 3 + 5  # the prefixes of rows 1 and 2's answer tokens
@@ -60,7 +63,7 @@ def test_answer_entropy_fused_equals_naive_through_a_model(tie, tau):
 def test_emft_loss_is_the_mean_entropy_of_the_models_own_next_token_distributions():
     model = tiny_qwen(30)
     input_ids, mask, labels = batch_with_padding_and_empty_row(30)
-    total, n = sm.answer_entropy(model, input_ids, mask, labels, 1.0, "fused")
+    total, n = sm.answer_entropy_fused(model, input_ids, mask, labels, 1.0)
     probs = torch.softmax(model(input_ids=input_ids, attention_mask=mask).logits[:, :-1], -1)
     at_answers = probs[labels[:, 1:] != -100]  # (8, V)
     assert total.item() / n == pytest.approx(torch.distributions.Categorical(probs=at_answers).entropy().mean().item(),
@@ -78,21 +81,21 @@ def test_grpo_advantages_equal_a_hand_computed_case():
 
 
 def test_grpo_loss_equals_a_hand_computed_case():
-    """sum over answers of advantage x (that answer's summed NLL), from per-row NLLs of the plain loss."""
+    """sum over answers of advantage x (that answer's summed NLL), from per-answer NLLs of SePT's plain loss."""
     model = tiny_qwen(30)
-    input_ids, mask, labels = batch_with_padding_and_empty_row(30)
-    advantages = torch.tensor([1.5, -0.5, 2.0])  # row 3 has no answer tokens: its advantage must not matter
-    per_row = [sm.answer_nll_naive(model, input_ids[i:i + 1], mask[i:i + 1], labels[i:i + 1], 1.0)[0]
-               for i in range(2)]
-    hand = 1.5 * per_row[0] - 0.5 * per_row[1]
+    rollouts = [{"prompt_ids": [3, 4, 5], "answer_ids": [6, 7, 0], "advantage": 1.5},
+                {"prompt_ids": [3, 4], "answer_ids": [8, 9, 10, 11, 0], "advantage": -0.5},
+                {"prompt_ids": [3, 12], "answer_ids": [], "advantage": 2.0}]  # no answer tokens: its advantage is moot
+    per_answer = [sm.sept_loss(model, [r], 0, 1.0, "naive")[0] for r in rollouts[:2]]
+    hand = 1.5 * per_answer[0] - 0.5 * per_answer[1]
     for impl in ("naive", "fused"):
-        loss, n = sm.answer_nll(model, input_ids, mask, labels, 1.0, impl, advantages)
+        loss, n = sm.grpo_loss(model, rollouts, 0, 1.0, impl)
         assert n == 8 and loss.item() == pytest.approx(hand.item(), abs=1e-5), impl
     model.zero_grad()
     hand.backward()
     hand_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
     model.zero_grad()
-    sm.answer_nll(model, input_ids, mask, labels, 1.0, "fused", advantages)[0].backward()
+    sm.grpo_loss(model, rollouts, 0, 1.0, "fused")[0].backward()
     for k, p in model.named_parameters():
         assert torch.allclose(p.grad, hand_grads[k], atol=1e-5), k
 
@@ -127,9 +130,7 @@ def update_gradients(model, rollouts):
     """The LoRA-free tiny model's gradient of one GRPO update's loss (the optimizer step itself skipped)."""
     model.zero_grad()
     n_answer = sum(len(r["answer_ids"]) for r in rollouts)
-    batch = sm.training_batch(rollouts, 0)
-    advantages = torch.tensor([r["advantage"] for r in rollouts])
-    (sm.answer_nll(model, *batch, 1.0, "fused", advantages)[0] / n_answer).backward()
+    (sm.grpo_loss(model, rollouts, 0, 1.0, "fused")[0] / n_answer).backward()
     return {k: p.grad.clone() for k, p in model.named_parameters()}
 
 

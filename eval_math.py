@@ -123,18 +123,7 @@ def regrade(args):
 
 
 def generate_and_grade(args):
-    try:
-        temps = [float(t) for t in args.temps.split(",")]
-    except ValueError:
-        raise UsageError(f"--temps must be comma-separated numbers, got '{args.temps}'") from None
-    if any(t < 0 for t in temps):
-        raise UsageError(f"temperatures must be >= 0 (0 = greedy), got {args.temps}")
-    ks = [int(k) for k in args.k.split(",")] if args.k else None  # None: 1, 2, 4, ... up to n
-    if args.n < 1:
-        raise UsageError("--n must be at least 1")
-    if ks and max(ks) > args.n:
-        raise UsageError(f"pass@{max(ks)} needs n >= {max(ks)} samples per question (got --n {args.n}): raise --n "
-                         "or lower --k")
+    temps, ks = cli.eval_temps_and_ks(args)  # checked: one line on bad input; ks None means 1, 2, 4, ... up to n
     names = list(data.BENCHMARKS) if args.benchmark == "all" else args.benchmark.split(",")
     console.quiet_libraries()
     device = cli.pick_device(args.device)

@@ -223,7 +223,8 @@ if __name__ == "__main__":
     a("--steps", type=int, default=PRETRAIN_STEPS, help=f"pretraining steps, batch 64 (default: {PRETRAIN_STEPS})")
     parser.add_argument("--rebuild", action="store_true", help="build again even if a cached model exists")
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    if "OMP_NUM_THREADS" not in os.environ:  # as sept_mini.py: every core, unless the environment says otherwise
+        torch.set_num_threads(os.cpu_count() or 1)
     from plumbing import floatpath
     print(floatpath.pin_toy_float_path(), file=sys.stderr)  # the same base on every x86 CPU, at any thread count
     print(load_or_build(args.cache_dir, args.seed, args.steps, args.rebuild))

@@ -39,6 +39,23 @@ def cpu_has_bf16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def eval_temps_and_ks(args):
+    """eval_math.py's --temps and --k as numbers, checked against --n: ([temperatures], [k] or None)."""
+    try:
+        temps = [float(t) for t in args.temps.split(",")]
+    except ValueError:
+        raise UsageError(f"--temps must be comma-separated numbers, got '{args.temps}'") from None
+    if any(t < 0 for t in temps):
+        raise UsageError(f"temperatures must be >= 0 (0 = greedy), got {args.temps}")
+    ks = [int(k) for k in args.k.split(",")] if args.k else None
+    if args.n < 1:
+        raise UsageError("--n must be at least 1")
+    if ks and max(ks) > args.n:
+        raise UsageError(f"pass@{max(ks)} needs n >= {max(ks)} samples per question (got --n {args.n}): raise --n "
+                         "or lower --k")
+    return temps, ks
+
+
 def pick_device(device):
     """'auto' -> cuda when available, else cpu; an unavailable device is one line."""
     if device == "auto":
@@ -53,7 +70,10 @@ def build_parser():
         prog="sept_mini.py", allow_abbrev=False,
         description="SePT: self-training on the model's own low-temperature samples (arXiv 2510.18814). "
         "Each refresh round samples answers at tau_sample, then trains on them with the logits divided by "
-        "tau_train (tau_sample < tau_train sharpens the model; see docs/theory.md).")
+        "tau_train (tau_sample < tau_train sharpens the model; see docs/theory.md).",
+        epilog="With --model toy the float path is pinned (AVX2 kernels in MKL, oneDNN and torch, on any x86-64 CPU and "
+        "at any thread count), so every student's run prints the same numbers; SEPT_FREE_FLOAT_PATH=1 in the "
+        "environment frees it. Real models are never pinned.")
     a = p.add_argument
     a("--model", default="toy", help="'toy', a local folder, or a hub id (Qwen2.5-0.5B means Qwen/Qwen2.5-0.5B) "
       "(default: toy)")

@@ -23,13 +23,10 @@ def ddp_world():
 
 
 def compute_init(args):
-    """Set threads and the allocator (CPU), pin the toy's float path (plumbing/floatpath.py), join torchrun's group
-    (NCCL on CUDA, gloo on CPU) with one device per rank; return (rank, world). Alone: (0, 1) and no group."""
-    if args.device == "cpu":
-        from plumbing.memory import return_freed_memory
-        return_freed_memory()  # before the model is loaded: the plan's estimate assumes it
-        if "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(os.cpu_count() or 1)
+    """Set threads (CPU), pin the toy's float path (plumbing/floatpath.py), join torchrun's group (NCCL on CUDA,
+    gloo on CPU) with one device per rank; return (rank, world). Alone: (0, 1) and no group."""
+    if args.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)
     if args.model == "toy":
         from plumbing import floatpath
         floatpath.pin_toy_float_path(args.device)  # before torch computes anything: every CPU then gets the same bits

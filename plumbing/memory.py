@@ -103,6 +103,8 @@ def plan_memory(args, model_path, world=1):
         budget = min(GPU_BUDGET_GB, 0.8 * torch.cuda.get_device_properties(0).total_memory / 2 ** 30)
     else:
         budget = 0.8 * (available_ram_gb() or 16.0)
+    if not cuda:
+        return_freed_memory()  # before the model is loaded: the estimate below assumes it
     merged_gb = n_params * dtype_bytes / 2 ** 30  # the fast sampler's copy of the policy
     weights_gb = n_params * (0.6 if args.finetune == "qlora" else dtype_bytes) / 2 ** 30
     seq_tokens = args.max_new_tokens + 512  # answer cap plus a generous prompt

@@ -5,7 +5,8 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "experiments")]  # the card's files; the experiment and benchmark scripts
 torch.set_num_threads(2)
 
 import toy_world  # noqa: E402
@@ -17,6 +18,11 @@ BENCHMARKS = os.path.join(SHARED, "data", "benchmarks")
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: subprocesses, kills, torchrun, notebook execution or long runs; the "
                             "fast tier is `python -m pytest -q tests -m 'not slow'`")
+    # Deprecations inside the libraries, not in this project's calls (which use the new names): peft asks
+    # transformers 5 for `is_gradient_checkpointing`, and a library imports torch.jit.script_method on first use.
+    config.addinivalue_line("filterwarnings", "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+    config.addinivalue_line("filterwarnings", "ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 
 def tiny_qwen(vocab_size, hidden=32, layers=2, tie=True, seed=0, **extra):

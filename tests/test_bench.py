@@ -5,13 +5,17 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 import bench_round
+
+pytestmark = pytest.mark.slow  # the benchmark scripts, run end to end at tiny sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_bench_loss_prints_rows_and_a_json_line_with_the_ratios():
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench_loss.py"), "--tokens", "64", "--hidden", "32",
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "bench_loss.py"), "--tokens", "64", "--hidden", "32",
                           "--vocab", "1000", "--repeats", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -55,3 +59,12 @@ def test_bench_round_measures_update_peaks_against_the_plans_estimate(tiny_model
     out = bench_round.main(["--model", tiny_model_dir, "--update-peaks", "2x96:off,2x96:on"])
     assert set(out) == {"2x96:off", "2x96:on"}
     assert all(r["measured_gb"] >= 0 and r["estimated_gb"] > 0 for r in out.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["toy_table.py", "real_table.py", "bench_loss.py", "bench_round.py"])
+def test_each_experiment_runs_from_the_project_root_with_the_command_in_its_docstring(script):
+    path = os.path.join("experiments", script)
+    assert f"python {path}" in open(os.path.join(ROOT, path)).read()  # the docstring's command
+    out = subprocess.run([sys.executable, path, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "usage:" in out.stdout, out.stderr[-1000:]

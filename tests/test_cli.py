@@ -120,6 +120,7 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, prepare, argv, needles", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, prepare, argv, needles, finished_run, tiny_model_dir, tmp_path):
     shutil.copytree(finished_run, tmp_path / "run")
@@ -147,6 +148,7 @@ def test_help_prints_the_real_default_of_every_flag():
         assert symbol in text
 
 
+@pytest.mark.slow
 def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one_identically(tiny_model_dir, tmp_path, capsys):
     args = ["--rounds", "4", "--save-every", "1", "--eval-every", "2", "--eval-size", "4"]
     full = sm.main(tiny_args(tiny_model_dir, tmp_path / "a", *args))
@@ -171,6 +173,7 @@ def test_a_garbage_metrics_line_is_rebuilt_from_the_checkpoint(finished_run, tmp
     assert good.splitlines() == lines[:2] and json.loads(lines[2])["round"] == 3
 
 
+@pytest.mark.slow
 def test_resume_with_more_rounds_extends_a_finished_run_exactly(tiny_model_dir, tmp_path):
     straight = sm.main(tiny_args(tiny_model_dir, tmp_path / "a", "--rounds", "4", "--anneal", "none"))
     sm.main(tiny_args(tiny_model_dir, tmp_path / "b", "--rounds", "2", "--anneal", "none"))
@@ -223,6 +226,7 @@ def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tin
     assert all(torch.isfinite(v).all() for v in torch.load(out / "ckpt.pt", weights_only=False)["model"].values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("finetune", ["lora", "qlora"])
 def test_the_first_screen_has_no_library_warnings(finetune, tiny_model_dir, tmp_path):
     """What a user sees is ours: the plan, progress, a note they can act on; no FutureWarning from a library."""

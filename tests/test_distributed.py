@@ -13,6 +13,8 @@ import sept_mini as sm
 from plumbing import distributed, models
 from conftest import comparable
 
+pytestmark = pytest.mark.slow  # torchrun with 2 processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUNDS = 4
 
@@ -89,6 +91,7 @@ CHILD = r"""
 import json, os, signal, sys
 sys.path.insert(0, sys.argv[1])
 import sept_mini as sm
+
 log_dir, kill_rank, kill_at = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rank = int(os.environ.get("RANK", 0))
 real_rollout, real_nll, calls = sm.rollout, sm.answer_nll, {"n": 0}

@@ -72,6 +72,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     assert len(err.splitlines()) == 1 and needle in err
 
 
+@pytest.mark.slow
 def test_real_table_splits_disjointly_and_reports_pass_at_1_with_its_standard_error(tiny_model_dir, tmp_path,
                                                                                       capsys):
     import real_table

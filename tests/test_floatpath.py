@@ -29,52 +29,82 @@ def clean_env(threads, extra_env=None):
     return env
 
 
-def run_tool(env, *argv):
-    done = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+# Runs scripts one after another in ONE fresh process, each as `python SCRIPT ARGS` would run it: a student's
+# fresh start, for the price of one interpreter (a second start of torch costs more than the toy work here).
+SCRIPTS = r"""
+import json, runpy, sys
+sys.path.insert(0, ".")
+for argv in json.loads(sys.argv[1]):
+    sys.argv = argv
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as e:
+        if e.code:
+            raise
+"""
+
+
+def run_scripts(env, *argvs):
+    done = subprocess.run([sys.executable, "-c", SCRIPTS, json.dumps(argvs)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
 
-def build_short_toy(cache, env):
-    """A toy base of 30 pretraining steps (python toy_world.py): the path of its folder and its weights' hash."""
-    folder = run_tool(env, "toy_world.py", "--steps", "30", "--cache-dir", str(cache)).strip().splitlines()[-1]
-    return folder, hashlib.sha256(open(os.path.join(folder, "model.safetensors"), "rb").read()).hexdigest()
+def short_run_argv(cache, out, *flags):
+    """sept_mini.py for 3 rounds of 32 questions on the cached short toy base."""
+    return ["sept_mini.py", "--cache-dir", str(cache), "--out", str(out), "--rounds", "3", "--prompts-per-round", "32",
+            "--eval-every", "3", "--eval-size", "32", "--save-every", "100", *flags]
 
 
-def short_run(cache, out, env, *flags):
-    """python sept_mini.py for 3 rounds on that base: (hash of its metrics rows less times and memory, plan line)."""
-    stdout = run_tool(env, "sept_mini.py", "--cache-dir", str(cache), "--out", str(out), "--rounds", "3",
-                      "--prompts-per-round", "32", "--eval-every", "3", "--eval-size", "32", "--save-every", "100",
-                      *flags)
+def metrics_hash(out):
+    """The hash of a run's metrics rows, less what differs between any two runs (times, memory)."""
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     rows = [{k: v for k, v in r.items() if not (k.endswith("_s") or k.startswith("peak_"))} for r in rows]
-    plan = next(line for line in stdout.splitlines() if line.startswith("plan:"))
-    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest(), plan
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
-def fingerprint(tmp_path, threads, extra_env=None):
-    """(the toy base's weights hash, the run's metrics hash, the plan line) for one configuration."""
-    env, name = clean_env(threads, extra_env), f"{threads}-{len(extra_env or {})}"
-    _, weights = build_short_toy(tmp_path / f"cache-{name}", env)
-    return (weights, *short_run(tmp_path / f"cache-{name}", tmp_path / f"run-{name}", env))
+_fingerprints = {}
+
+
+def fingerprint(folder, threads, extra_env=None):
+    """(the toy base's weights hash, the run's metrics hash, the plan line, the config's name) for one
+    configuration: `python toy_world.py --steps 30` (a short base), then 3 rounds of `python sept_mini.py` on it.
+    Computed once per test session: the tests below share them."""
+    key = (threads, tuple(sorted((extra_env or {}).items())))
+    if key not in _fingerprints:
+        name = f"{threads}-{len(_fingerprints)}"
+        cache, out = folder / f"cache-{name}", folder / f"run-{name}"
+        stdout = run_scripts(clean_env(threads, extra_env), ["toy_world.py", "--steps", "30", "--cache-dir", str(cache)],
+                             short_run_argv(cache, out))
+        base = next(line for line in stdout.splitlines() if line.startswith(str(cache)))
+        weights = hashlib.sha256(open(os.path.join(base, "model.safetensors"), "rb").read()).hexdigest()
+        plan = next(line for line in stdout.splitlines() if line.startswith("plan:"))
+        _fingerprints[key] = (weights, metrics_hash(out), plan, name)
+    return _fingerprints[key]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("floatpath")
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not X86, reason="the pinned path is x86-64's AVX2 path")
-def test_toy_float_path_is_the_same_at_any_thread_count_and_instruction_set(tmp_path):
-    reference = fingerprint(tmp_path, 2)
+def test_toy_float_path_is_the_same_at_any_thread_count_and_instruction_set(folder):
+    reference = fingerprint(folder, 2)
     assert "0.42M parameters" in reference[2] and "float path pinned" in reference[2], reference[2]
     assert "budget" not in reference[2]  # no memory budget for a 0.42M-parameter model
     for threads, env in ((1, None), (4, None), (2, HELD_TO_AVX2)):
-        assert fingerprint(tmp_path, threads, env)[:2] == reference[:2], (threads, env)
+        assert fingerprint(folder, threads, env)[:2] == reference[:2], (threads, env)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (X86 and has_avx512()), reason="only an AVX-512 CPU has another path to drift to")
-def test_freeing_the_float_path_changes_the_bits_on_avx512(tmp_path):
+def test_freeing_the_float_path_changes_the_bits_on_avx512(folder):
     """The control: the test above would see a drift, because without the pin this CPU computes other bits."""
-    pinned = fingerprint(tmp_path, 4)
-    free = fingerprint(tmp_path, 4, {"SEPT_FREE_FLOAT_PATH": "1"})
+    pinned = fingerprint(folder, 4)
+    free = fingerprint(folder, 4, {"SEPT_FREE_FLOAT_PATH": "1"})
     assert "float path: free" in free[2]
     assert free[0] != pinned[0]
 
@@ -116,8 +146,10 @@ ARMS = {"sept": [], "offline": ["--offline"], "emft": ["--objective", "emft", "-
 
 @pytest.mark.slow
 @pytest.mark.skipif(not X86, reason="recorded on the pinned x86-64 path")
-def test_the_default_run_and_each_rival_keep_their_recorded_metrics(tmp_path):
-    env = clean_env(2)
-    build_short_toy(tmp_path / "cache", env)
-    got = {arm: short_run(tmp_path / "cache", tmp_path / arm, env, *flags)[0] for arm, flags in ARMS.items()}
+def test_the_default_run_and_each_rival_keep_their_recorded_metrics(folder):
+    _, default, _, name = fingerprint(folder, 2)  # its base, and its run: the default arm
+    rivals = {arm: flags for arm, flags in ARMS.items() if flags}
+    run_scripts(clean_env(2), *[short_run_argv(folder / f"cache-{name}", folder / f"arm-{arm}", *flags)
+                                for arm, flags in rivals.items()])
+    got = {"sept": default, **{arm: metrics_hash(folder / f"arm-{arm}") for arm in rivals}}
     assert got == RECORDED

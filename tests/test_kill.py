@@ -11,6 +11,8 @@ import pytest
 
 from conftest import comparable
 
+pytestmark = pytest.mark.slow  # each test kills and resumes a run in subprocesses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUNDS = 6
 
@@ -21,6 +23,7 @@ import os, signal, sys
 sys.path.insert(0, sys.argv[1])
 import sept_mini as sm
 from plumbing import rundir
+
 where, n = sys.argv[2], int(sys.argv[3])
 calls = {"n": 0}
 def die_at_nth(fn, before=True):

@@ -73,6 +73,7 @@ def test_gradient_checkpointing_with_peft_gives_nonzero_lora_grads(tiny_model_di
     assert lora_b and all(g is not None for g in lora_b) and sum(g.abs().sum() for g in lora_b) > 0
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_reproduces_the_next_rounds_exactly(tiny_model_dir, tmp_path, monkeypatch):
     args = ["--finetune", "full", "--rounds", "4", "--save-every", "1", "--eval-every", "2", "--eval-size", "4"]
     full = sm.main(tiny_args(tiny_model_dir, tmp_path / "a", *args))
@@ -133,6 +134,7 @@ def test_verl_parquet_questions_load():
     assert qs[0]["question"].startswith("Convert the point $(0,3)$")
 
 
+@pytest.mark.slow
 def test_a_round_that_ends_a_minute_after_the_last_checkpoint_is_saved(tiny_model_dir, tmp_path, monkeypatch):
     """A real model's round takes minutes on a CPU: a kill must not cost finished rounds, whatever --save-every."""
     from plumbing import rundir

@@ -163,6 +163,7 @@ def lora_args(model_dir, out, *extra):
                      "--eval-size", "4", *extra)
 
 
+@pytest.mark.slow
 def test_a_failing_static_cache_falls_back_to_the_dynamic_cache_with_one_line(tiny_model_dir, tmp_path, monkeypatch,
                                                                             capsys):
     reference = sm.main(lora_args(tiny_model_dir, tmp_path / "a"))
@@ -187,6 +188,7 @@ def test_a_failing_static_cache_falls_back_to_the_dynamic_cache_with_one_line(ti
     assert comparable(fell_back) == comparable(reference)  # the same run as on the tested path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["building", "sampling"])
 def test_a_failing_merged_sampler_falls_back_to_the_trained_model_with_one_line(tiny_model_dir, tmp_path, monkeypatch,
                                                                               capsys, when):

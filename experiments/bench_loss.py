@@ -1,8 +1,8 @@
 """bench_loss.py: time and peak memory of the tau-scaled loss, naive vs fused, at Qwen2.5-0.5B's output layer.
 
-    python bench_loss.py                     # H = 896, V = 151,936, 4,096 answer tokens, fp32, CPU (+ CUDA if present)
-    python bench_loss.py --tokens 1024       # smaller, quicker
-    python bench_loss.py --loss entropy      # EM-FT's loss: the mean token entropy, plain vs chunked
+    python experiments/bench_loss.py                     # H = 896, V = 151,936, 4,096 answer tokens, fp32, CPU (+ CUDA if present)
+    python experiments/bench_loss.py --tokens 1024       # smaller, quicker
+    python experiments/bench_loss.py --loss entropy      # EM-FT's loss: the mean token entropy, plain vs chunked
 
 Each variant runs forward + backward in its own process, so one variant's freed memory cannot hide
 the other's peak. Rows: CPU in fp32; CUDA in fp32 (cuda_* keys) and bf16 (cuda_bf16_* keys).
@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the project root
 
 import torch
 import torch.nn.functional as F

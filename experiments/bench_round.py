@@ -207,13 +207,13 @@ def compare_dtypes(args):
         with open(data, "w") as f:
             f.writelines(json.dumps({"problem": q["question"], "answer": q["answer"]}) + "\n"
                          for q in toy_world.questions("train", 512))
-    max_new, here = args.max_new_tokens or 256, os.path.dirname(os.path.abspath(__file__))
+    max_new, root = args.max_new_tokens or 256, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cpu = "CPU with AVX512-BF16/AMX" if cli.cpu_has_bf16() else "CPU without AVX512-BF16 (bf16 emulated)"
     print(f"{args.model}: {args.rounds} rounds of {args.prompts} questions x {max_new} tokens per dtype, LoRA, {cpu}")
     results = {}
     for dtype in args.dtypes.split(","):
         out = os.path.join(work, f"run-{dtype}")
-        command = [sys.executable, os.path.join(here, "sept_mini.py"), "--model", args.model, "--dataset", data,
+        command = [sys.executable, os.path.join(root, "sept_mini.py"), "--model", args.model, "--dataset", data,
                    "--finetune", "lora", "--dtype", dtype, "--rounds", str(args.rounds), "--prompts-per-round",
                    str(args.prompts), "--max-new-tokens", str(max_new), "--eval-every", "0", "--out", out]
         done = subprocess.run(command, capture_output=True, text=True)

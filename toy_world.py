@@ -20,7 +20,7 @@ low-temperature samples are wrong about half the time and SePT reinforces the er
 Everything is deterministic given the seed, and the same on every x86-64 CPU at any thread count: the toy's
 float path is pinned to AVX2 kernels (plumbing/floatpath.py; SEPT_FREE_FLOAT_PATH=1 frees it). Elsewhere (Apple
 silicon, a GPU) another base model comes out, which is why results are also quoted over several seeds.
-The build takes about 100 s on 2 CPU cores and is cached under --cache-dir (default
+The build takes about 140 s on 2 CPU cores and is cached under --cache-dir (default
 $XDG_CACHE_HOME/sept-mini, i.e. ~/.cache/sept-mini); a partial or corrupt cache is rebuilt.
 """
 import argparse

@@ -1,6 +1,6 @@
 """bench_loss.py: time and peak memory of the tau-scaled loss, naive vs fused, at Qwen2.5-0.5B's output layer.
 
-    python experiments/bench_loss.py                     # H = 896, V = 151,936, 4,096 answer tokens, fp32, CPU (+ CUDA if present)
+    python experiments/bench_loss.py         # H = 896, V = 151,936, 4,096 answer tokens, fp32, CPU (+ CUDA if present)
     python experiments/bench_loss.py --tokens 1024       # smaller, quicker
     python experiments/bench_loss.py --loss entropy      # EM-FT's loss: the mean token entropy, plain vs chunked
 

@@ -4,12 +4,13 @@ a real model folder's rounds in fp32 vs bf16.
     python experiments/bench_round.py                                   # tiny shape on CPU, about a minute
     python experiments/bench_round.py --shape qwen2.5-0.5b              # on a GPU: QLoRA, 64 prompts, 1,024 new tokens
     python experiments/bench_round.py --shape qwen2.5-0.5b --tokenizer path/to/qwen/tokenizer
-    python experiments/bench_round.py --model FOLDER --dataset math500.parquet   # a real model on CPU: fp32 vs bf16, LoRA,
+    python experiments/bench_round.py --model FOLDER --dataset math500.parquet  # real model, CPU: fp32 vs bf16, LoRA,
                                                             # 16 questions x 256 tokens a round (fp32: 6 min on 2
                                                             # cores); a CPU without AVX512-BF16 emulates bf16, 45x
                                                             # slower to train: there --prompts 8 --max-new-tokens 128
                                                             # --rounds 1 takes 55 min
-    python experiments/bench_round.py --model FOLDER --update-peaks 4x256:off,8x256:off,4x512:off,8x256:on,4x512:on,16x256:on
+    python experiments/bench_round.py --model FOLDER \
+        --update-peaks 4x256:off,8x256:off,4x512:off,8x256:on,4x512:on,16x256:on
                                                             # the memory plan's calibration (README), ~10 min
 
 --model: each dtype runs `sept_mini.py --finetune lora --dtype D` in its own process (so its peak resident

@@ -3,10 +3,10 @@ is one sept_mini.py run on the toy world, and each seed builds its own toy base 
 base too. Five arms are SePT and its ablations; two are its rivals in the same loop: EM-FT (entropy minimisation,
 no reward) and GRPO (RL with the grader's reward).
 
-    python experiments/toy_table.py                               # 7 arms x 5 seeds, 150 rounds each: about 2 hours on 2 CPU cores
+    python experiments/toy_table.py                   # 7 arms x 5 seeds, 150 rounds each: about 2 hours on 2 CPU cores
     python experiments/toy_table.py --seeds 0,1 --arms online,coupled
     python experiments/toy_table.py --arms grpo --seeds 0 --lrs 2e-5,5e-5,1e-4   # a learning-rate sweep: one row per lr
-    python experiments/toy_table.py --fast                        # smoke test: 1 seed, 10 rounds of 32 questions (no result)
+    python experiments/toy_table.py --fast            # smoke test: 1 seed, 10 rounds of 32 questions (no result)
 
 Writes OUT/table.md (the table, the command and its wall time) and OUT/table.json (per arm: every seed's
 round-0 and final held-out scores and its curve), and one run folder per arm and seed (OUT/ARM-sSEED).
@@ -35,7 +35,7 @@ ARMS = {  # name -> the sept_mini.py flags that make it (the rest are the toy de
     "coupled": ["--tau-sample", "1.0"],                     # tau_s = tau_t: zero expected gradient
     "inverted": ["--tau-sample", "1.3", "--anneal", "none"],  # tau_s > tau_t: trains the model flatter
     "paper-anneal": ["--anneal", "paper"],                  # tau_s 0.6 -> 1 over 2/3 of the rounds, then coupled
-    # the rivals, each at the lr of its sweep on seed 0 (python experiments/toy_table.py --arms emft,grpo --seeds 0 --lrs ...):
+    # the rivals, each at the lr of its seed-0 sweep (experiments/toy_table.py --arms emft,grpo --seeds 0 --lrs ...):
     "emft": ["--objective", "emft", "--lr", "2e-5"],      # sample at tau 1, minimise the token entropy: no reward
     "grpo": ["--objective", "grpo", "--rollouts", "8", "--prompts-per-round", "16", "--lr", "2e-4"],  # the verifier's
 }                                                   # reward; 16 questions x 8 answers = SePT's 128 samples a round

@@ -71,8 +71,8 @@ def build_parser():
         description="SePT: self-training on the model's own low-temperature samples (arXiv 2510.18814). "
         "Each refresh round samples answers at tau_sample, then trains on them with the logits divided by "
         "tau_train (tau_sample < tau_train sharpens the model; see docs/theory.md).",
-        epilog="With --model toy the float path is pinned (AVX2 kernels in MKL, oneDNN and torch, on any x86-64 CPU and "
-        "at any thread count), so every student's run prints the same numbers; SEPT_FREE_FLOAT_PATH=1 in the "
+        epilog="With --model toy the float path is pinned (AVX2 kernels in MKL, oneDNN and torch, on any x86-64 CPU "
+        "and at any thread count), so every student's run prints the same numbers; SEPT_FREE_FLOAT_PATH=1 in the "
         "environment frees it. Real models are never pinned.")
     a = p.add_argument
     a("--model", default="toy", help="'toy', a local folder, or a hub id (Qwen2.5-0.5B means Qwen/Qwen2.5-0.5B) "

@@ -49,7 +49,3 @@ def pin_toy_float_path(device="cpu"):
         else:
             status = f"float path: not pinned ({capability} kernels: this CPU lacks AVX2)"
     return status
-
-
-def is_pinned():
-    return status.startswith("float path pinned")

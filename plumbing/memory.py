@@ -87,7 +87,8 @@ def plan_memory(args, model_path, world=1):
     KV cache fits a quarter of the budget (min(6 GB, 80% of the card), or --memory-budget-gb). CPU: the budget is
     --memory-budget-gb or 80% of the free RAM, and the plan is the first of fast sampler without checkpointing, fast
     with, plain without, plain with, whose estimated peak fits 90% of it, at the largest micro-batch (16,384 tokens
-    down to one answer) that does; a small model takes 16,384 tokens, no checkpointing and 64 prompts."""
+    down to one answer) that does; a small model takes 16,384 tokens, no checkpointing and 64 prompts. On a CPU it
+    also sets the allocator to give freed memory back (return_freed_memory), which the estimate assumes."""
     from transformers import AutoConfig, AutoModelForCausalLM
     config = AutoConfig.from_pretrained(model_path)
     with torch.device("meta"):
@@ -194,10 +195,10 @@ def halving_on_oom(run, plan, field, what, retry=True):
 
 
 class Sampler:
-    """What generate samples from (not the policy itself: the trained model, or a copy of it made for speed): the merged copy (--sampler fast) or the trained model itself (plain), with the
-    out-of-memory retry. The fast paths that only CUDA takes (the static KV cache with its compiled forward, the
-    merged copy there) have never run in this project's tests; when one raises, sampling falls back to the path
-    the tests cover, says so in one line, and stays there."""
+    """What generate samples from, which is not the policy itself but the trained model (--sampler plain) or a merged
+    copy of it made for speed (--sampler fast), with the out-of-memory retry. The fast paths that only CUDA takes
+    (the static KV cache with its compiled forward, the merged copy there) have never run in this project's tests;
+    when one raises, sampling falls back to the path the tests cover, says so in one line, and stays there."""
 
     def __init__(self, model, plan, device):
         self.trained, self.plan, self.merged = model, plan, None

@@ -107,9 +107,9 @@ def load_model(path, finetune, device, lora_rank=16, lora_dropout=0.05, grad_che
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_checkpointing,
                                                 gradient_checkpointing_kwargs=gc_kwargs)
-    elif hasattr(model, "activation_checkpointing_enable") and grad_checkpointing:  # transformers 5's name
+    elif grad_checkpointing and hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name for it
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
-    elif grad_checkpointing:
+    elif grad_checkpointing:  # older transformers
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
     if finetune in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model

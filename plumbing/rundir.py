@@ -14,10 +14,12 @@ import time
 import torch
 
 from plumbing import UsageError
-from plumbing.distributed import ddp_rank
+from plumbing.distributed import ddp_rank, global_sum
+from plumbing.memory import peak_rss_gb
 from plumbing.models import load_model, resolve_model_path, trainable_state
 
 CHECKPOINTS = ("ckpt.pt", "ckpt.prev.pt")  # newest first
+CHECKPOINT_EVERY_S = 60  # a real model's round takes minutes: none of them is lost to a kill (see save_if_due)
 
 
 class RoundStats:
@@ -28,7 +30,6 @@ class RoundStats:
         self.args, self.t0 = args, time.time()
 
     def sampled(self, rollouts):
-        from plumbing.distributed import global_sum
         self.answer_tokens, self.n_rollouts, self.n_truncated = global_sum(
             sum(len(r["answer_ids"]) for r in rollouts), len(rollouts), sum(r["truncated"] for r in rollouts))
         self.t1 = time.time()  # after the sums above, which wait for every rank: the round's sampling wall time
@@ -37,7 +38,6 @@ class RoundStats:
         self.n_tokens, self.t2 = n_tokens, time.time()
 
     def row(self):
-        from plumbing.memory import peak_rss_gb
         row = {"answer_len": self.answer_tokens / self.n_rollouts, "truncated": self.n_truncated / self.n_rollouts,
                "gen_tokens_per_s": None if self.args.offline else self.answer_tokens / max(self.t1 - self.t0, 1e-9),
                "train_tokens_per_s": self.n_tokens / max(self.t2 - self.t1, 1e-9), "round_s": self.t2 - self.t0,
@@ -45,7 +45,6 @@ class RoundStats:
         if self.args.device == "cuda":
             row["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30  # rank 0's, under torchrun
         return row
-CHECKPOINT_EVERY_S = 60  # a real model's round takes minutes: none of them is lost to a kill (see save_if_due)
 
 
 class RunDir:

@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_bench_loss_prints_rows_and_a_json_line_with_the_ratios():
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "bench_loss.py"), "--tokens", "64", "--hidden", "32",
+    script = os.path.join(ROOT, "experiments", "bench_loss.py")
+    out = subprocess.run([sys.executable, script, "--tokens", "64", "--hidden", "32",
                           "--vocab", "1000", "--repeats", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])

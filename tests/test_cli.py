@@ -21,10 +21,14 @@ def tiny_args(model_dir, out, *extra):
             "--lr", "1e-2", "--finetune", "full", *extra]
 
 
-def run_cli(*argv, cwd=None, env=None):
+def OFFLINE_ENV(cwd):
     # no hub here; a host that cannot resolve makes 'offline' the same on every machine, with or without internet
-    env = {**os.environ, "HF_ENDPOINT": "https://hub.invalid", "HF_HUB_CACHE": os.path.join(str(cwd or ROOT), ".no-hub-cache"),
-           "PYTHONWARNINGS": "ignore", **(env or {})}
+    return {"HF_ENDPOINT": "https://hub.invalid", "HF_HUB_CACHE": os.path.join(str(cwd), ".no-hub-cache"),
+            "PYTHONWARNINGS": "ignore"}
+
+
+def run_cli(*argv, cwd=None, env=None):
+    env = {**os.environ, **OFFLINE_ENV(cwd or ROOT), **(env or {})}
     return subprocess.run([sys.executable, os.path.join(ROOT, "sept_mini.py"), *argv], capture_output=True, text=True,
                           timeout=120, env=env, cwd=cwd)
 
@@ -120,23 +124,67 @@ BAD_INPUTS = [
 ]
 
 
+# Runs each case's argv through sept_mini.main in ONE fresh process, from the case's folder, as `python sept_mini.py
+# ARGV` would (same exit code, same stderr): a fresh interpreter per case costs seconds of imports, 38 times over.
+CASES = r"""
+import contextlib, io, json, os, sys
+sys.path.insert(0, sys.argv[1])
+import sept_mini
+results = {}
+for case, argv, cwd in json.loads(sys.argv[2]):
+    os.chdir(cwd)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            sept_mini.main(argv)
+        except SystemExit as e:
+            code = e.code
+        except BaseException as e:  # a traceback a user would see
+            code, err = 1, io.StringIO(f"Traceback: {type(e).__name__}: {e}")
+    results[case] = [code, out.getvalue(), err.getvalue()]
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_input_outcomes(finished_run, tiny_model_dir, tmp_path_factory):
+    """Every case of BAD_INPUTS, prepared in its own folder and run: {case: (exit code, stderr, folder before, after)}."""
+    runs, folders = [], {}
+    for case, prepare, argv, _ in BAD_INPUTS:
+        tmp = folders[case] = tmp_path_factory.mktemp(case)
+        shutil.copytree(finished_run, tmp / "run")
+        if prepare:
+            prepare(tmp)
+        argv = [a.format(run=tmp / "run", tmp=tmp, model=tiny_model_dir) for a in argv]
+        runs.append((case, argv if "--out" in argv else argv + ["--out", str(tmp / "new-run")], str(tmp)))
+    before = {case: snapshot(tmp) for case, tmp in folders.items()}
+    env = {**os.environ, **OFFLINE_ENV(ROOT)}
+    done = subprocess.run([sys.executable, "-c", CASES, ROOT, json.dumps(runs)], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    return {case: (results[case][0], results[case][2], before[case], snapshot(tmp)) for case, tmp in folders.items()}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case, prepare, argv, needles", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, prepare, argv, needles, finished_run, tiny_model_dir, tmp_path):
-    shutil.copytree(finished_run, tmp_path / "run")
-    if prepare:
-        prepare(tmp_path)
-    before = snapshot(tmp_path)
-    argv = [a.format(run=tmp_path / "run", tmp=tmp_path, model=tiny_model_dir) for a in argv]
-    if "--out" not in argv:
-        argv += ["--out", str(tmp_path / "new-run")]
-    r = run_cli(*argv, cwd=tmp_path)
-    assert r.returncode == 2, r.stdout + r.stderr
-    lines = [line for line in r.stderr.strip().splitlines() if not line.startswith("warning: temperatures")]
-    assert len(lines) == 1, r.stderr
+@pytest.mark.parametrize("case", [c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, bad_input_outcomes):
+    needles = next(c[3] for c in BAD_INPUTS if c[0] == case)
+    code, stderr, before, after = bad_input_outcomes[case]
+    assert code == 2, stderr
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith("warning: temperatures")]
+    assert len(lines) == 1, stderr
     assert all(n in lines[0] for n in needles), lines[0]
-    assert "Traceback" not in r.stderr
-    assert snapshot(tmp_path) == before  # nothing written, the existing run byte-for-byte untouched
+    assert "Traceback" not in stderr
+    assert after == before  # nothing written, the existing run byte-for-byte untouched
+
+
+@pytest.mark.slow
+def test_bad_input_in_a_fresh_process_is_one_line_and_exit_2(tmp_path):
+    """The same, through the real command line: what a user types."""
+    r = run_cli("--lr", "nan", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and "--lr must be" in r.stderr
+    assert not os.listdir(tmp_path)
 
 
 def test_help_prints_the_real_default_of_every_flag():

@@ -30,11 +30,12 @@ import sept_mini as sm
 from plumbing import UsageError, console
 
 ARMS = {  # name -> the sept_mini.py flags that make it (the rest are the toy defaults)
-    "online": [],                                           # SePT: tau_s 0.6 < tau_t 1, fresh samples each round
+    "online": [],                                           # SePT: tau_s 0.1 < tau_t 1, fresh samples each round
     "offline": ["--offline"],                               # all data sampled once from the initial model
     "coupled": ["--tau-sample", "1.0"],                     # tau_s = tau_t: zero expected gradient
     "inverted": ["--tau-sample", "1.3", "--anneal", "none"],  # tau_s > tau_t: trains the model flatter
-    "paper-anneal": ["--anneal", "paper"],                  # tau_s 0.6 -> 1 over 2/3 of the rounds, then coupled
+    "paper-anneal": ["--tau-sample", "0.6", "--anneal", "paper"],  # the paper's: tau_s 0.6 -> 1 over 2/3 of the
+                                                                   # rounds, then coupled
     # the rivals, each at the lr of its seed-0 sweep (experiments/toy_table.py --arms emft,grpo --seeds 0 --lrs ...):
     "emft": ["--objective", "emft", "--lr", "2e-5"],      # sample at tau 1, minimise the token entropy: no reward
     "grpo": ["--objective", "grpo", "--rollouts", "8", "--prompts-per-round", "16", "--lr", "2e-4"],  # the verifier's

@@ -161,11 +161,13 @@ def test_grpo_with_one_rollout_per_question_is_refused(tmp_path):
         cli.parse_args(["--objective", "grpo", "--out", str(tmp_path / "run")])
 
 
-def test_rivals_sample_at_tau_one_and_sept_keeps_its_temperatures(tmp_path, capsys):
+def test_rivals_sample_at_tau_one_and_sept_keeps_its_temperatures(tmp_path, capsys, tiny_model_dir):
     args = {o: cli.parse_args(["--objective", o, "--rollouts", "2", "--out", str(tmp_path / o)])
             for o in ("sept", "emft", "grpo")}
-    assert args["sept"].tau_sample == 0.6 and args["emft"].tau_sample == args["grpo"].tau_sample == 1.0
-    assert cli.parse_args(["--out", str(tmp_path / "d")]).tau_sample == 0.6 and args["sept"].objective == "sept"
+    assert args["sept"].tau_sample == 0.1 and args["emft"].tau_sample == args["grpo"].tau_sample == 1.0
+    assert cli.parse_args(["--out", str(tmp_path / "d")]).tau_sample == 0.1 and args["sept"].objective == "sept"
+    real = cli.parse_args(["--model", tiny_model_dir, "--dataset", "toy", "--out", str(tmp_path / "real")])
+    assert real.tau_sample == 0.6 and real.anneal == "paper"  # real models: the paper's start and schedule
     assert "coupled" not in capsys.readouterr().err  # the rivals sample at tau 1 by design: no SePT warning
 
 

@@ -6,11 +6,10 @@
     python eval_math.py --model ./folder --benchmark math500 --data-dir path/to/benchmarks --limit 20
     python eval_math.py --regrade runs/eval/samples.jsonl                            # re-score, no generation
 
-Benchmarks: math500 amc23 aime24 aime25 minerva olympiadbench (hub ids, or files under --data-dir), toy (the
-toy world's held-out set), or a .parquet/.jsonl path (verl format included). Prints a markdown table per
-temperature (rows = benchmarks, columns = k); writes --out/results.json and --out/samples.jsonl (every sample,
-its extracted answer and verdict). The loading helpers live in plumbing/ (data, rundir); sampling and the
-prompt are sept_mini.py's own, so both tools ask the model the same way.
+Benchmarks: math500 amc23 aime24 aime25 minerva olympiadbench (hub ids, or files under --data-dir), toy, or a
+.parquet/.jsonl path (verl format too). Prints a markdown table per temperature (rows = benchmarks, columns = k);
+writes --out/results.json and samples.jsonl (every sample, its answer and verdict). Sampling and the prompt are
+sept_mini.py's own, so both tools ask the model the same way; loading lives in plumbing/ (data, rundir).
 """
 import argparse
 import json
@@ -67,8 +66,7 @@ def print_tables(results, ks, sweep):
         print(f"\n### tau = {tau:g}{' (greedy)' * (tau == 0)}{'  <- baseline (best AVG)' * (tau == best)}\n")
         print("| benchmark | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
         for bench, row in rows.items():
-            print(f"| {f'**{bench}**' if bench == 'mean' else bench} | " + " | ".join(f"{row[c]:.1f}" for c in cols)
-                  + " |")
+            print(f"| {'**mean**' if bench == 'mean' else bench} | " + " | ".join(f"{row[c]:.1f}" for c in cols) + " |")
     note = "" if avg_of == "pass@1, pass@8, pass@32" else f" (n < 32: AVG here is the mean of {avg_of} only)"
     print(f"\nAVG = mean of pass@1, pass@8, pass@32{note}.")
 
@@ -91,6 +89,8 @@ def build_parser():
     a("--prompt-style", choices=["auto", "system", "user"], default="auto", help="as in sept_mini.py (default: auto "
       "= user if the model name contains 'instruct', else system)")
     a("--device", default="auto", help="auto, cpu or cuda (default: auto, cuda when available)")
+    a("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="weights' dtype (default: auto = as "
+      "sept_mini.py trains: bf16 on a GPU and on a CPU with AVX512-BF16 or AMX, else fp32; always fp32 for the toy)")
     a("--seed", type=int, default=0, help="sampling seed (default: 0)")
     a("--out", default="runs/eval", help="where results.json and samples.jsonl go (default: runs/eval)")
     a("--cache-dir", default=None, help="toy model cache (default: $XDG_CACHE_HOME/sept-mini, else ~/.cache/sept-mini)")
@@ -131,15 +131,17 @@ def generate_and_grade(args):
     if toy:  # the toy's one float path, before torch computes: every x86 CPU draws the same samples
         floatpath.pin_toy_float_path(device)
     benches = {name: data.load_benchmark(name, args.data_dir, args.limit) for name in names}
-    model, tok, style = rundir.load_final_model(args.model, args.cache_dir, device)
+    dtype = args.dtype if args.dtype != "auto" else "fp32" if toy else cli.native_dtype(device)
+    model, tok, style = rundir.load_final_model(args.model, args.cache_dir, device, dtype)
     style = (style or cli.prompt_style_for(args.model)) if args.prompt_style == "auto" else args.prompt_style
     max_new = args.max_new_tokens or cli.default_max_new_tokens(toy)
     samples = []
     for tau, (name, questions) in ((t, b) for t in temps for b in benches.items()):
         n = 1 if tau == 0 else args.n  # greedy is deterministic: one sample stands for all n
         prompts = [sm.build_prompt(tok, q["question"], style) for q in questions for _ in range(n)]
-        torch.manual_seed(args.seed)
-        outs = sm.rollout(model, tok, prompts, tau, max_new, args.batch_size, desc=f"{name} tau={tau:g}")
+        torch.manual_seed(args.seed)  # then the batches in order: the same draws as one rollout call over all prompts
+        outs = [o for i in console.progress(range(0, len(prompts), args.batch_size), f"{name} tau={tau:g}")
+                for o in sm.rollout(model, tok, prompts[i:i + args.batch_size], tau, max_new, args.batch_size)]
         for i, o in enumerate(outs):
             q, text = questions[i // n], tok.decode(o["answer_ids"], skip_special_tokens=True)
             sample = {"benchmark": name, "id": q["id"], "tau": tau, "sample": 0, "text": text,

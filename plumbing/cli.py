@@ -42,6 +42,12 @@ def cpu_has_bf16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def native_dtype(device):
+    """The dtype rule for a real model's frozen weights, in training and in evaluation: bf16 where the device computes
+    it natively (a GPU, a CPU with AVX512-BF16 or AMX), else fp32 (emulated bf16 is many times slower)."""
+    return "bf16" if device == "cuda" or cpu_has_bf16() else "fp32"
+
+
 def eval_temps_and_ks(args):
     """eval_math.py's --temps and --k as numbers, checked against --n: ([temperatures], [k] or None)."""
     try:
@@ -252,8 +258,7 @@ def validate(args):
     if args.dtype == "bf16" and args.finetune == "full":
         raise UsageError("--dtype bf16 needs --finetune lora or qlora (full fine-tuning keeps fp32 weights for AdamW)")
     if args.dtype == "auto":
-        native_bf16 = args.device == "cuda" or cpu_has_bf16()
-        args.dtype = "bf16" if args.finetune != "full" and native_bf16 else "fp32"
+        args.dtype = native_dtype(args.device) if args.finetune != "full" else "fp32"
     args.dataset = args.dataset or ("toy" if toy else HUB_QUESTIONS)
     args.eval_dataset = args.eval_dataset or ("toy" if toy else HUB_EVAL)
     args.anneal = args.anneal or ("none" if toy else "paper")

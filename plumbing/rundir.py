@@ -236,10 +236,10 @@ def final_model(spec, cache_dir):
     return resolve_model_path(spec, cache_dir), None, None
 
 
-def load_final_model(spec, cache_dir, device):
+def load_final_model(spec, cache_dir, device, dtype=None):
     """(model, tokenizer, the run's prompt style or None) for evaluation: final_model(spec), adapter applied."""
     base, adapter, style = final_model(spec, cache_dir)
-    model, tokenizer = load_model(base, "none", device)
+    model, tokenizer = load_model(base, "none", device, dtype=dtype)
     if adapter:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, adapter)

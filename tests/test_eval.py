@@ -52,6 +52,42 @@ def test_eval_on_toy_prints_table_and_writes_samples_then_regrades(tiny_model_di
     assert regraded[1.0]["toy"]["pass@1"] == 100.0 and regraded[0.0]["toy"]["pass@4"] == 100.0
 
 
+def test_eval_uses_the_training_dtype_rule_and_reports_progress_in_a_file(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """A real model is evaluated in bf16 where the CPU computes it natively, as sept_mini.py trains it; the toy never
+    (its float path is pinned). With stderr in a file, not a terminal, progress still comes as plain lines."""
+    from plumbing import cli, rundir
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"problem": f"{i}+{i}", "answer": str(2 * i)}) + "\n" for i in range(6)))
+    loaded = []
+    real_load = rundir.load_final_model
+    monkeypatch.setattr(rundir, "load_final_model", lambda *a: loaded.append(a[3]) or real_load(*a))
+    argv = ["--model", tiny_model_dir, "--benchmark", str(questions), "--temps", "1.0", "--n", "2",
+            "--max-new-tokens", "8", "--batch-size", "4"]
+    for native in (True, False):
+        monkeypatch.setattr(cli, "cpu_has_bf16", lambda: native)
+        eval_math.main(argv + ["--out", str(tmp_path / str(native))])
+    assert loaded == ["bf16", "fp32"]
+    assert "q.jsonl tau=1: 3/3" in capsys.readouterr().err  # 12 prompts in batches of 4: a plain progress line
+    monkeypatch.setattr(cli, "cpu_has_bf16", lambda: True)
+    eval_math.main(["--model", tiny_model_dir, "--benchmark", "toy", "--limit", "2", "--temps", "1.0", "--n", "1",
+                    "--max-new-tokens", "8", "--out", str(tmp_path / "toy")])
+    assert loaded[-1] == "fp32"  # the toy benchmark is on the pinned float path
+
+
+def test_eval_in_batches_draws_what_one_rollout_call_draws(tiny_model_dir, tmp_path):
+    import torch
+    import sept_mini as sm
+    from plumbing import models
+    eval_math.main(["--model", tiny_model_dir, "--benchmark", "toy", "--limit", "6", "--temps", "1.0", "--n", "2",
+                    "--max-new-tokens", "8", "--batch-size", "4", "--out", str(tmp_path)])
+    model, tok = models.load_model(tiny_model_dir, "none", "cpu")
+    questions = eval_math.data.load_benchmark("toy", None, 6)
+    prompts = [sm.build_prompt(tok, q["question"], "system") for q in questions for _ in range(2)]
+    torch.manual_seed(0)
+    expected = [tok.decode(o["answer_ids"], skip_special_tokens=True) for o in sm.rollout(model, tok, prompts, 1.0, 8, 4)]
+    assert [json.loads(line)["text"] for line in open(tmp_path / "samples.jsonl")] == expected
+
+
 def test_avg_uses_the_papers_ks():
     samples = [{"tau": 1.0, "benchmark": "b", "id": str(q), "correct": i < q} for q in range(4) for i in range(32)]
     row = eval_math.score(samples, [1, 2, 4, 8, 16, 32])[1.0]["b"]

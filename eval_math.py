@@ -6,7 +6,7 @@
     python eval_math.py --model ./folder --benchmark math500 --data-dir path/to/benchmarks --limit 20
     python eval_math.py --regrade runs/eval/samples.jsonl                            # re-score, no generation
 
-Benchmarks: math500 amc23 aime24 aime25 minerva olympiadbench (hub ids, or files under --data-dir), toy, or a
+Benchmarks: math500 amc23 aime24 aime25 minerva olympiadbench (hub ids, or files under --data-dir), toy, wordsum, or a
 .parquet/.jsonl path (verl format too). Prints a markdown table per temperature (rows = benchmarks, columns = k);
 writes --out/results.json and samples.jsonl (every sample, its answer and verdict). Sampling and the prompt are
 sept_mini.py's own, so both tools ask the model the same way; loading lives in plumbing/ (data, rundir).
@@ -145,7 +145,7 @@ def generate_and_grade(args):
         for i, o in enumerate(outs):
             q, text = questions[i // n], tok.decode(o["answer_ids"], skip_special_tokens=True)
             sample = {"benchmark": name, "id": q["id"], "tau": tau, "sample": 0, "text": text,
-                      "answer": grading.extract_answer(text), "gold": q["answer"],
+                      "tokens": len(o["answer_ids"]), "answer": grading.extract_answer(text), "gold": q["answer"],
                       "correct": grading.grade(text, q["answer"]), "truncated": o["truncated"]}
             samples += [{**sample, "sample": (i % n) + j} for j in range(args.n if tau == 0 else 1)]
     return finish(args, samples, args.n, ks)

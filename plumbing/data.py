@@ -32,6 +32,8 @@ def load_questions(spec, split="train", limit=None, seed=0, need_answers=False):
     if spec == "toy":
         import toy_world
         return toy_world.questions("test" if split == "test" else "train", limit or 20000, seed)
+    if spec == WORD_SUMS:
+        return word_sums("test" if split == "test" else "train", limit or (512 if split == "test" else 8192))
     rows = read_rows(spec, split)
     if not rows:
         raise UsageError(f"dataset '{spec}' is empty (no rows): pass a file with questions")
@@ -64,6 +66,45 @@ def load_questions(spec, split="train", limit=None, seed=0, need_answers=False):
                              "sept or emft")
         out.append({"id": str(row.get("id", i)), "question": q, "answer": None if a is None else str(a)})
     return out[:limit] if limit else out
+
+
+# -----------------------------------------------------------------------------
+# a short-answer task for real models, made here (no download): word problems of 3 steps of + and -
+
+WORD_SUMS = "wordsum"
+NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Farah", "Gus", "Hana", "Ivo", "Jun", "Kemal", "Lena", "Mateo", "Nia")
+ITEMS = ("apples", "books", "marbles", "coins", "stamps", "pencils", "shells", "stickers", "cards", "beads")
+GAINS = ("buys", "finds", "is given", "receives", "wins")
+LOSSES = ("gives away", "sells", "loses", "uses", "trades away")
+
+
+def word_sum(rng, steps=3):
+    """One word problem and its answer: a name, a count of some item, then `steps` gains or losses."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    total = start = rng.randint(20, 99)
+    events = []
+    for _ in range(steps):
+        amount = rng.randint(2, 49)
+        gain = total - amount < 1 or rng.random() < 0.5  # never down to nothing
+        total += amount if gain else -amount
+        events.append(f"{rng.choice(GAINS if gain else LOSSES)} {amount}")
+    text = (f"{name} has {start} {item}. {name} {events[0]}, then " + ", then ".join(events[1:]) +
+            f". How many {item} does {name} have now?")
+    return text, str(total)
+
+
+def word_sums(split, n, seed=0):
+    """n distinct word problems of one split, deterministic: the held-out split ('test') is the questions whose hash
+    is 0 mod 4, so training and held-out questions never meet, whatever n or the order."""
+    import hashlib
+    rng, out, seen = random.Random(f"wordsum-{seed}"), [], set()
+    while len(out) < n:
+        text, answer = word_sum(rng)
+        heldout = int(hashlib.sha1(text.encode()).hexdigest(), 16) % 4 == 0
+        if text not in seen and heldout == (split == "test"):
+            seen.add(text)
+            out.append({"id": f"wordsum-{split}-{len(out)}", "question": text, "answer": answer})
+    return out
 
 
 def read_rows(spec, split):
@@ -157,8 +198,8 @@ def round_questions(pool, round_, per_round, seed):
 
 def load_benchmark(name, data_dir, limit, seed=0):
     """A benchmark by name (local file under data_dir first, else the hub), 'toy', or a file path."""
-    if name == "toy":
-        return load_questions("toy", "test", limit or 500, seed)
+    if name in ("toy", WORD_SUMS):
+        return load_questions(name, "test", limit or 500, seed)
     if name in BENCHMARKS:
         hub_id, split, files = BENCHMARKS[name]
         for stem in files if data_dir else []:

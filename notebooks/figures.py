@@ -1,14 +1,14 @@
-"""Plotting and measuring helpers for sept_walkthrough.ipynb: code a reader of the notebook need not follow."""
+"""Plotting and measuring helpers for the lesson notebooks: code a reader of a lesson need not follow."""
 import matplotlib.pyplot as plt
 import torch
 
 import sept_mini as sm
 
-ARM_COLORS = {"online": "tab:blue", "offline": "tab:orange", "coupled": "tab:gray", "inverted": "tab:red",
+ARM_COLORS = {"online": "tab:blue", "offline": "tab:orange", "online-0.6": "tab:cyan", "offline-0.6": "tab:olive", "coupled": "tab:gray", "inverted": "tab:red",
               "paper-anneal": "tab:green", "emft": "tab:purple", "grpo": "tab:brown"}
 
 
-def curves(table, arms=("online", "offline", "coupled", "inverted", "paper-anneal")):
+def curves(table, arms=("online", "offline", "online-0.6", "offline-0.6", "coupled", "inverted", "paper-anneal")):
     """Held-out pass@1 (tau=1) and greedy accuracy against round: mean over seeds, band = min..max."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
     for arm in [a for a in arms if a in table]:

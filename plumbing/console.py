@@ -41,17 +41,21 @@ def quiet_libraries():
 
 def progress(iterable, desc, total=None, initial=0, inner=False):
     """One progress display per phase, readable wherever it lands: tqdm bars in a terminal; in Jupyter
-    the outer loops only (an inner bar per generate call would add an output each); in a log file
-    (stderr redirected) plain lines at most every 30 s, with no escape codes and no inner bars."""
+    the outer loops only (an inner bar per generate call would add an output each), as widgets, or as plain lines
+    where ipywidgets is missing; in a log file (stderr redirected) plain lines at most every 30 s, with no escape
+    codes and no inner bars."""
     total = len(iterable) if total is None else total
     if desc is None or (inner and not sys.stderr.isatty()) or ddp_rank() != 0:  # under torchrun, rank 0 reports
         return iterable
-    if "ipykernel" in sys.modules or sys.stderr.isatty():
-        try:  # tqdm.auto: widget bars in Jupyter; they need ipywidgets, without which tqdm.auto warns and falls back
+    if "ipykernel" in sys.modules:  # Jupyter: widget bars (tqdm.auto) with ipywidgets; without it, text bars would
+        try:                        # store every update in the notebook, so plain lines instead
             import ipywidgets  # noqa: F401
             from tqdm.auto import tqdm
         except ImportError:
-            from tqdm import tqdm
+            return _plain_progress(iterable, desc, total, initial)
+        return tqdm(iterable, desc=desc, total=total, initial=initial, leave=not inner)
+    if sys.stderr.isatty():
+        from tqdm import tqdm
         return tqdm(iterable, desc=desc, total=total, initial=initial, leave=not inner)
     return _plain_progress(iterable, desc, total, initial)
 

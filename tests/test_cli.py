@@ -294,3 +294,13 @@ def test_bitsandbytes_import_messages_stay_off_the_screen(capsys):
     console.quiet_libraries()
     logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward (simulated)")
     assert "gemm_4bit" not in capsys.readouterr().err
+
+
+def test_progress_in_jupyter_without_ipywidgets_is_plain_lines(monkeypatch, capsys):
+    """A notebook stores every output: text bars would store every update, so plain lines come instead."""
+    from plumbing import console
+    monkeypatch.setitem(sys.modules, "ipykernel", object())
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import ipywidgets raises ImportError
+    assert list(console.progress(range(3), "SePT rounds")) == [0, 1, 2]
+    err = capsys.readouterr().err
+    assert err == "SePT rounds: 3/3 (0s)\n"

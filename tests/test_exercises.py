@@ -35,6 +35,7 @@ def test_each_stub_fails_as_not_written_yet(name):
     assert not passed and "not written yet" in message
 
 
+@pytest.mark.slow
 def test_the_command_checks_one_exercise_and_fails_on_a_stub():
     script = os.path.join(ROOT, "notebooks", "exercises", "check.py")
     done = subprocess.run([sys.executable, script, "pass_at_k"], capture_output=True, text=True, cwd=ROOT)

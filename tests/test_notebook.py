@@ -1,25 +1,50 @@
-"""The walkthrough notebook: the committed copy shows its figures, and it runs end to end (small setting)."""
+"""The course's lesson notebooks: each committed copy opens with goals, prerequisites and running time, ends with
+questions, shows its stored figures and no errors; each runs end to end in its small setting."""
 import os
 
 import nbformat
 import pytest
 
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
-NOTEBOOK = os.path.join(NOTEBOOKS, "sept_walkthrough.ipynb")
+LESSONS = sorted(name for name in os.listdir(NOTEBOOKS) if name.endswith(".ipynb"))
+FIGURES = {"1_two_temperatures.ipynb": 2, "2_sept_on_the_toy.ipynb": 2, "3_ablations_and_rivals.ipynb": 3}
 
 
 def outputs(nb):
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
 
 
-def test_committed_notebook_has_cell_ids_stored_figures_and_no_errors():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+def execute(nb, timeout=900):
+    from nbclient import NotebookClient
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": NOTEBOOKS}}).execute()
+
+
+def test_the_series_is_four_numbered_lessons():
+    assert LESSONS == ["1_two_temperatures.ipynb", "2_sept_on_the_toy.ipynb", "3_ablations_and_rivals.ipynb",
+                       "4_real_model.ipynb"]
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_a_lesson_opens_with_goals_prerequisites_and_time_and_ends_with_questions(lesson):
+    nb = nbformat.read(os.path.join(NOTEBOOKS, lesson), as_version=4)
+    opening, closing = nb.cells[0].source, nb.cells[-1].source
+    for needle in ("After this lesson you can", "Prerequisites", "Running time"):
+        assert needle in opening, needle
+    assert closing.startswith("## Questions to discuss") and "docs/answer-key.md" in closing
+    key = open(os.path.join(NOTEBOOKS, "..", "docs", "answer-key.md")).read()
+    assert f"## Lesson {lesson[0]}:" in key  # the teacher's answers to this lesson's questions
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_committed_lesson_has_cell_ids_stored_figures_and_no_errors(lesson):
+    nb = nbformat.read(os.path.join(NOTEBOOKS, lesson), as_version=4)
     nbformat.validate(nb)
     assert all(c.get("id") for c in nb.cells)
-    assert sum("image/png" in o.get("data", {}) for o in outputs(nb)) >= 3  # curves, margins, pass@k
+    assert sum("image/png" in o.get("data", {}) for o in outputs(nb)) >= FIGURES.get(lesson, 0)
     assert not any(o.get("output_type") == "error" for o in outputs(nb))
     assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code")  # every cell was run
     assert not library_notices(nb)
+    assert "setting: fast" not in "".join(o.get("text", "") for o in outputs(nb))  # stored in the full setting
 
 
 def library_notices(nb):
@@ -29,22 +54,23 @@ def library_notices(nb):
 
 
 @pytest.mark.slow
-def test_notebook_runs_end_to_end_in_the_fast_setting(monkeypatch):
-    from nbclient import NotebookClient
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_a_lesson_runs_end_to_end_in_its_small_setting(lesson, monkeypatch):
     monkeypatch.setenv("SEPT_FAST", "1")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": NOTEBOOKS}}).execute()
+    nb = nbformat.read(os.path.join(NOTEBOOKS, lesson), as_version=4)
+    execute(nb)
     assert not any(o.get("output_type") == "error" for o in outputs(nb))
-    assert "setting: fast" in "".join(o.get("text", "") for o in outputs(nb))
+    if any("SETTING = " in c.source for c in nb.cells):
+        assert "setting: fast" in "".join(o.get("text", "") for o in outputs(nb))
     assert not library_notices(nb)
 
 
 @pytest.mark.slow
 def test_the_full_setting_without_stored_runs_stops_with_one_line_naming_the_command(tmp_path):
-    """A fresh clone has no runs/: 'Run All' must stop at the first cell that needs them, never start 35 runs."""
-    from nbclient import NotebookClient
+    """A fresh clone has no runs/: 'Run All' of lesson 3 must stop at the first cell that needs them, never start
+    45 runs."""
     from nbclient.exceptions import CellExecutionError
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(os.path.join(NOTEBOOKS, "3_ablations_and_rivals.ipynb"), as_version=4)
     setup = nb.cells[next(i for i, c in enumerate(nb.cells) if c.source.startswith("SETTING = "))]
     needs_runs = next(c for c in nb.cells if "table = toy_table.main(" in c.source)
     assert 'SETTING = "full"' in setup.source
@@ -52,6 +78,6 @@ def test_the_full_setting_without_stored_runs_stops_with_one_line_naming_the_com
                                         f'RUNS = {str(tmp_path / "no-runs")!r}')
     nb.cells = [setup, needs_runs]
     with pytest.raises(CellExecutionError) as e:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": NOTEBOOKS}}).execute()
+        execute(nb, timeout=300)
     assert "SystemExit" in str(e.value) and "python experiments/toy_table.py" in str(e.value)
     assert not (tmp_path / "no-runs").exists()  # nothing was started

@@ -1,5 +1,7 @@
-"""Questions: from 'toy' (the embedded toy world), a local .parquet/.jsonl/.json/.csv file (plain columns or
-verl format), or a hub dataset id; and which of them each round takes. Every failure is one line."""
+"""Questions: from 'toy' (the embedded toy world), 'wordsum' (word problems made here, for real models), a local
+.parquet/.jsonl/.json/.csv file (plain columns or verl format), or a hub dataset id; and which of them each round
+takes. Every failure is one line."""
+import hashlib
 import json
 import os
 import random
@@ -96,7 +98,6 @@ def word_sum(rng, steps=3):
 def word_sums(split, n, seed=0):
     """n distinct word problems of one split, deterministic: the held-out split ('test') is the questions whose hash
     is 0 mod 4, so training and held-out questions never meet, whatever n or the order."""
-    import hashlib
     rng, out, seen = random.Random(f"wordsum-{seed}"), [], set()
     while len(out) < n:
         text, answer = word_sum(rng)

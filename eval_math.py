@@ -138,7 +138,7 @@ def generate_and_grade(args):
     samples = []
     for tau, (name, questions) in ((t, b) for t in temps for b in benches.items()):
         n = 1 if tau == 0 else args.n  # greedy is deterministic: one sample stands for all n
-        prompts = [sm.build_prompt(tok, q["question"], style) for q in questions for _ in range(n)]
+        prompts = [sm.build_prompt(tok, q["question"], style, q.get("demo")) for q in questions for _ in range(n)]
         torch.manual_seed(args.seed)  # then the batches in order: the same draws as one rollout call over all prompts
         outs = [o for i in console.progress(range(0, len(prompts), args.batch_size), f"{name} tau={tau:g}")
                 for o in sm.rollout(model, tok, prompts[i:i + args.batch_size], tau, max_new, args.batch_size)]

@@ -59,16 +59,19 @@ def tau_sample_at(round_, rounds, tau_start, tau_train, anneal):
 # -----------------------------------------------------------------------------
 # the prompt (the one place that decides the template)
 
-def build_prompt(tokenizer, question, style):
+def build_prompt(tokenizer, question, style, demo=None):
     """'system': the paper's reasoning sentence as the system message (Qwen base and Qwen-Math models);
     'user': the model's own system prompt, the sentence appended to the question (instruct models).
+    demo: a task's worked (question, answer), shown first as one earlier turn (a one-shot prompt).
     The toy tokenizer's template ignores the system turn."""
     if tokenizer.chat_template is None:
-        return f"{REASONING_PROMPT}\n\nQuestion: {question}\nAnswer:"
-    if style == "user":
-        messages = [{"role": "user", "content": f"{question}\n{REASONING_PROMPT}"}]
-    else:
-        messages = [{"role": "system", "content": REASONING_PROMPT}, {"role": "user", "content": question}]
+        shown = f"Question: {demo[0]}\nAnswer: {demo[1]}\n\n" if demo else ""
+        return f"{REASONING_PROMPT}\n\n{shown}Question: {question}\nAnswer:"
+    ask = (lambda q: f"{q}\n{REASONING_PROMPT}") if style == "user" else (lambda q: q)
+    shown = [{"role": "user", "content": ask(demo[0])}, {"role": "assistant", "content": demo[1]}] if demo else []
+    messages = shown + [{"role": "user", "content": ask(question)}]
+    if style != "user":
+        messages = [{"role": "system", "content": REASONING_PROMPT}] + messages
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -213,7 +216,7 @@ def sept_update(model, optimizer, scheduler, rollouts, tau_train, pad_id, loss_i
 
 def evaluate(model, tokenizer, questions, style, max_new_tokens, samples, batch_size, seed, static_cache=False):
     """Held-out pass@1 at tau = 1 (mean over `samples` draws per question) and greedy accuracy."""
-    prompts = [build_prompt(tokenizer, q["question"], style) for q in questions]
+    prompts = [build_prompt(tokenizer, q["question"], style, q.get("demo")) for q in questions]
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(seed)  # evaluation neither uses nor disturbs the training run's randomness
         greedy = rollout(model, tokenizer, prompts, 0.0, max_new_tokens, batch_size, desc="eval greedy",
@@ -239,7 +242,7 @@ def sample_round(sampler, tokenizer, pool, round_, args, stop_ids):
     each rollout keeps its question (SePT never reads the answer key: a rival's reward may)."""
     tau = tau_sample_at(round_, args.rounds, args.tau_sample, args.tau_train, args.anneal)
     questions = distributed.rank_share(data.round_questions(pool, round_, args.prompts_per_round, args.seed))
-    prompts = [build_prompt(tokenizer, q["question"], args.prompt_style) for q in questions]
+    prompts = [build_prompt(tokenizer, q["question"], args.prompt_style, q.get("demo")) for q in questions]
 
     def draw(model, batch_size, static_cache):
         torch.manual_seed(args.seed * SEED_STRIDE + round_ + distributed.rank_seed())

@@ -86,7 +86,7 @@ def build_parser():
     a = p.add_argument
     a("--model", default="toy", help="'toy', a local folder, or a hub id (Qwen2.5-0.5B means Qwen/Qwen2.5-0.5B) "
       "(default: toy)")
-    a("--dataset", default=None, help="question pool: 'toy', 'wordsum' (3-step word problems made here, for real "
+    a("--dataset", default=None, help="question pool: 'toy', 'wordsum' (2-step word problems made here, for real "
       "models), a .parquet/.jsonl/.json/.csv file (verl format ok) or a hub id (default: toy for the toy model, "
       f"{HUB_QUESTIONS} otherwise)")
     a("--eval-dataset", default=None, help="held-out questions with answers (default: the toy test set for the toy "

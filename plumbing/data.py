@@ -35,7 +35,9 @@ def load_questions(spec, split="train", limit=None, seed=0, need_answers=False):
         import toy_world
         return toy_world.questions("test" if split == "test" else "train", limit or 20000, seed)
     if spec == WORD_SUMS:
-        return word_sums("test" if split == "test" else "train", limit or (512 if split == "test" else 8192))
+        return word_sums("test" if split == "test" else "train", limit or (512 if split == "test" else WORD_SUM_POOL))
+    if spec == WORD_SUM_PROBE:  # training-split questions past the pool: for tuning, never trained on, never held out
+        return word_sums("train", WORD_SUM_POOL + (limit or 64))[WORD_SUM_POOL:]
     rows = read_rows(spec, split)
     if not rows:
         raise UsageError(f"dataset '{spec}' is empty (no rows): pass a file with questions")
@@ -71,16 +73,20 @@ def load_questions(spec, split="train", limit=None, seed=0, need_answers=False):
 
 
 # -----------------------------------------------------------------------------
-# a short-answer task for real models, made here (no download): word problems of 3 steps of + and -
+# a short-answer task for real models, made here (no download): word problems of 2 steps of + and -, each shown
+# with one worked example (a one-shot prompt): asked only to reason step by step, a 0.5B instruct model writes
+# ~180-token solutions; with the example it answers in ~35 tokens (the screen is in docs/real-models.md)
 
-WORD_SUMS = "wordsum"
+WORD_SUMS, WORD_SUM_PROBE, WORD_SUM_POOL = "wordsum", "wordsum-probe", 8192
 NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Farah", "Gus", "Hana", "Ivo", "Jun", "Kemal", "Lena", "Mateo", "Nia")
 ITEMS = ("apples", "books", "marbles", "coins", "stamps", "pencils", "shells", "stickers", "cards", "beads")
 GAINS = ("buys", "finds", "is given", "receives", "wins")
 LOSSES = ("gives away", "sells", "loses", "uses", "trades away")
+WORD_SUM_DEMO = ("Ivo has 40 shells. Ivo finds 12, then sells 7, then wins 30. How many shells does Ivo have now?",
+                 "40 + 12 = 52. 52 - 7 = 45. 45 + 30 = 75. The answer is \\boxed{75}.")  # 3 steps: never a question
 
 
-def word_sum(rng, steps=3):
+def word_sum(rng, steps=2):
     """One word problem and its answer: a name, a count of some item, then `steps` gains or losses."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     total = start = rng.randint(20, 99)
@@ -104,7 +110,8 @@ def word_sums(split, n, seed=0):
         heldout = int(hashlib.sha1(text.encode()).hexdigest(), 16) % 4 == 0
         if text not in seen and heldout == (split == "test"):
             seen.add(text)
-            out.append({"id": f"wordsum-{split}-{len(out)}", "question": text, "answer": answer})
+            out.append({"id": f"wordsum-{split}-{len(out)}", "question": text, "answer": answer,
+                        "demo": WORD_SUM_DEMO})
     return out
 
 
@@ -199,7 +206,7 @@ def round_questions(pool, round_, per_round, seed):
 
 def load_benchmark(name, data_dir, limit, seed=0):
     """A benchmark by name (local file under data_dir first, else the hub), 'toy', or a file path."""
-    if name in ("toy", WORD_SUMS):
+    if name in ("toy", WORD_SUMS, WORD_SUM_PROBE):
         return load_questions(name, "test", limit or 500, seed)
     if name in BENCHMARKS:
         hub_id, split, files = BENCHMARKS[name]

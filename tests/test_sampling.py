@@ -97,6 +97,27 @@ def test_prompt_templates(toy_tokenizer):
     assert chat.messages == [{"role": "user", "content": "What is 1+1?\n" + sm.REASONING_PROMPT}]
 
 
+def test_a_worked_example_is_one_earlier_turn_asked_like_the_question():
+    class Chat:
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            self.messages = messages
+            return "prompt"
+    chat, ask = Chat(), lambda q: q + "\n" + sm.REASONING_PROMPT
+    sm.build_prompt(chat, "What is 2+2?", "user", ("What is 1+1?", "1 + 1 = 2. \\boxed{2}"))
+    assert chat.messages == [{"role": "user", "content": ask("What is 1+1?")},
+                             {"role": "assistant", "content": "1 + 1 = 2. \\boxed{2}"},
+                             {"role": "user", "content": ask("What is 2+2?")}]
+    sm.build_prompt(chat, "What is 2+2?", "system", ("What is 1+1?", "2"))
+    assert chat.messages[0] == {"role": "system", "content": sm.REASONING_PROMPT} and len(chat.messages) == 4
+
+    class Plain:  # no chat template: the example as an earlier Question/Answer pair
+        chat_template = None
+    assert sm.build_prompt(Plain(), "What is 2+2?", "user", ("What is 1+1?", "2")) == (
+        f"{sm.REASONING_PROMPT}\n\nQuestion: What is 1+1?\nAnswer: 2\n\nQuestion: What is 2+2?\nAnswer:")
+
+
 def test_stop_tokens_include_chat_end_of_turn(toy_tokenizer):
     model = tiny_qwen(len(toy_tokenizer))
     model.generation_config.eos_token_id = [5, 6]

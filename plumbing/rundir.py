@@ -240,7 +240,8 @@ def load_final_model(spec, cache_dir, device, dtype=None):
     """(model, tokenizer, the run's prompt style or None) for evaluation: final_model(spec), adapter applied."""
     base, adapter, style = final_model(spec, cache_dir)
     model, tokenizer = load_model(base, "none", device, dtype=dtype)
-    if adapter:
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, adapter)
+    if adapter:  # evaluated as training sampled it: the LoRA delta folded in at fp32, rounded once to the dtype.
+        from peft import PeftModel  # peft's unmerged layers on a CPU in bf16: over 5x slower and 12+ GiB
+        from plumbing.memory import MergedSampler
+        model = MergedSampler(PeftModel.from_pretrained(model, adapter), model.dtype).model
     return model, tokenizer, style

@@ -6,7 +6,7 @@ import torch
 
 import sept_mini as sm
 from conftest import comparable
-from plumbing import memory, models
+from plumbing import memory, models, rundir
 
 
 def rows(lengths):
@@ -261,3 +261,21 @@ def test_each_metrics_row_has_the_measured_peak_memory(tiny_model_dir, tmp_path)
     rows = sm.main(tiny_args(tiny_model_dir, tmp_path / "run"))
     assert all(0 < r["peak_rss_gb"] < 64 for r in rows)
     assert rows[-1]["peak_rss_gb"] >= rows[0]["peak_rss_gb"]  # a peak never falls
+
+
+def test_a_lora_run_is_evaluated_as_the_peft_model_computes_it(tiny_model_dir, tmp_path):
+    """eval_math loads a LoRA run with the delta folded in (peft's unmerged bf16 layers are slow and large on a CPU):
+    the same log-probabilities as peft's own forward, and a plain model with no LoRA layers left."""
+    from peft import PeftModel
+    sm.main(lora_args(tiny_model_dir, tmp_path / "run", "--eval-every", "0"))
+    merged, tok, _ = rundir.load_final_model(str(tmp_path / "run"), None, torch.device("cpu"), "fp32")
+    base, adapter, _ = rundir.final_model(str(tmp_path / "run"), None)
+    peft_model = PeftModel.from_pretrained(models.load_model(base, "none", torch.device("cpu"), dtype="fp32")[0],
+                                           adapter).eval()
+    ids = tok([sm.build_prompt(tok, "47+5-3+9-7", "system")], return_tensors="pt").input_ids
+    with torch.no_grad():
+        reference, got = (torch.log_softmax(m(input_ids=ids).logits.float(), -1) for m in (peft_model, merged))
+    delta = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
+    assert any(p.abs().max() > 0 for p in delta)  # training moved the adapter: the check is not of a zero delta
+    assert (reference - got).abs().max() < 1e-4
+    assert not any("lora" in n for n, _ in merged.named_parameters())

@@ -120,7 +120,12 @@ def test_real_table_splits_disjointly_and_reports_pass_at_1_with_its_standard_er
     heldout, train = ({json.loads(line)["id"] for line in open(tmp_path / "t" / f"{name}.jsonl")}
                       for name in ("heldout", "train"))
     assert len(heldout) == 8 and len(train) == 32 and not heldout & train  # never trained on a held-out question
-    assert set(table) == {"base", "SePT"} and all(0 <= v[0] <= 100 and v[1] >= 0 for v in table["base"].values())
+    assert set(table) == {0.0, 0.3, 0.6, 1.0}  # greedy and three temperatures, before and after
+    for row in table.values():
+        assert all(0 <= row[m][0] <= 100 and row[m][1] >= 0 for m in ("base", "SePT"))
+        assert row["change"][0] == pytest.approx(row["SePT"][0] - row["base"][0])  # paired over the same questions
+    assert all(len(open(tmp_path / "t" / "eval-base" / f"tau{t}" / "samples.jsonl").read().splitlines()) == 8
+               for t in ("0", "0.3", "0.6", "1"))
     out = capsys.readouterr().out
     assert "best temperature" in out and "| 1 | 0.6 |" in out  # the base's best, and the round's row
     assert len(open(tmp_path / "t" / "graded.md").read().splitlines()) == 16  # tau = 1 answers, base and SePT

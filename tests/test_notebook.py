@@ -7,7 +7,8 @@ import pytest
 
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
 LESSONS = sorted(name for name in os.listdir(NOTEBOOKS) if name.endswith(".ipynb"))
-FIGURES = {"1_two_temperatures.ipynb": 2, "2_sept_on_the_toy.ipynb": 2, "3_ablations_and_rivals.ipynb": 3}
+FIGURES = {"1_two_temperatures.ipynb": 2, "2_sept_on_the_toy.ipynb": 2, "3_ablations_and_rivals.ipynb": 3,
+           "4_real_model.ipynb": 1}
 
 
 def outputs(nb):

@@ -123,8 +123,8 @@ def make_table(argv):
     a("--prompts", type=int, default=32, help="questions per round (default: 32)")
     a("--tau-sample", type=float, default=0.6, help="sampling temperature, constant (default: 0.6)")
     a("--max-new-tokens", type=int, default=128, help="answer cap, training and evaluation (default: 128)")
-    a("--lr", type=float, default=1e-4, help="LoRA learning rate, no warm-up (default: 1e-4, a common LoRA rate; "
-      "not tuned yet: docs/real-models.md)")
+    a("--lr", type=float, default=1e-4, help="LoRA learning rate, no warm-up (default: 1e-4, better than 4e-4 on "
+      "training questions: docs/real-models.md)")
     a("--probe-every", type=int, default=8, help="score 48 probe questions (training split, never trained on) every "
       "N rounds, wordsum only; 0 = never (default: 8)")
     a("--workers", type=int, default=1, help="evaluations run at once, one thread each when > 1 (default: 1)")

@@ -164,11 +164,11 @@ def write_table(args, argv, base, trained, rows, t0):
     table = {}
     for tau in args.temps:
         before, after = per_question(base, tau), per_question(trained, tau)
-        length = {name: [s for s in samples if s["tau"] == tau] for name, samples in (("base", base), ("SePT", trained))}
+        at_tau = {name: [s for s in samples if s["tau"] == tau] for name, samples in (("base", base), ("SePT", trained))}
         table[tau] = {"base": mean_and_se(before.values()), "SePT": mean_and_se(after.values()),
                       "change": mean_and_se(after[q] - before[q] for q in before),  # paired: the same questions
-                      **{f"{name} tokens": statistics.mean(s["tokens"] for s in v) for name, v in length.items()},
-                      **{f"{name} cut %": 100 * statistics.mean(s["truncated"] for s in v) for name, v in length.items()}}
+                      **{f"{name} tokens": statistics.mean(s["tokens"] for s in v) for name, v in at_tau.items()},
+                      **{f"{name} cut %": 100 * statistics.mean(s["truncated"] for s in v) for name, v in at_tau.items()}}
     best = max(args.temps, key=lambda t: table[t]["base"][0])
     fmt = lambda m: f"{m[0]:.1f} ± {m[1]:.1f}"
     lines = [f"Held-out pass@1 (%, ± standard error over {args.heldout} questions; {args.n} sample(s) per question at "

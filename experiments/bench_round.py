@@ -106,6 +106,10 @@ def compare_samplers(argv):
     p.add_argument("--update-peaks", default=None, help="with --model: ROWSxTOKENS:on|off,... one LoRA update each "
                    "(fp32, checkpointing on or off), its measured peak memory against the plan's estimate "
                    "(default: none)")
+    p.add_argument("--micro-batches", default="", help="with --model: comma-separated --micro-batch-tokens values to "
+                   "compare, each a run per dtype (default: the plan's)")
+    p.add_argument("--mmap-thresholds", default="", help="with --model: comma-separated glibc mmap thresholds in MiB "
+                   "to compare (MALLOC_MMAP_THRESHOLD_), each a run per dtype (default: the plan's, 1 MiB)")
     p.add_argument("--child-update", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child_update:
@@ -210,30 +214,39 @@ def compare_dtypes(args):
                          for q in toy_world.questions("train", 512))
     max_new, root = args.max_new_tokens or 256, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cpu = "CPU with AVX512-BF16/AMX" if cli.cpu_has_bf16() else "CPU without AVX512-BF16 (bf16 emulated)"
-    print(f"{args.model}: {args.rounds} rounds of {args.prompts} questions x {max_new} tokens per dtype, LoRA, {cpu}")
+    print(f"{args.model}: {args.rounds} rounds of {args.prompts} questions x {max_new} tokens per run, LoRA, {cpu}",
+          flush=True)
     results = {}
-    for dtype in args.dtypes.split(","):
-        out = os.path.join(work, f"run-{dtype}")
+    variants = [(dtype, micro, mmap) for dtype in args.dtypes.split(",")
+                for micro in (args.micro_batches.split(",") if args.micro_batches else [None])
+                for mmap in (args.mmap_thresholds.split(",") if args.mmap_thresholds else [None])]
+    for dtype, micro, mmap in variants:
+        name = dtype + (f" mb{micro}" if micro else "") + (f" mmap{mmap}MiB" if mmap else "")
+        out = os.path.join(work, "run-" + name.replace(" ", "-"))
         command = [sys.executable, os.path.join(root, "sept_mini.py"), "--model", args.model, "--dataset", data,
                    "--finetune", "lora", "--dtype", dtype, "--rounds", str(args.rounds), "--prompts-per-round",
                    str(args.prompts), "--max-new-tokens", str(max_new), "--eval-every", "0", "--out", out]
-        done = subprocess.run(command, capture_output=True, text=True)
+        command += ["--micro-batch-tokens", micro] if micro else []
+        env = {**os.environ, **({"MALLOC_MMAP_THRESHOLD_": str(int(float(mmap) * 2 ** 20))} if mmap else {})}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
-            raise UsageError(f"the {dtype} run failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+            raise UsageError(f"the {name} run failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
         rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
         med = lambda key: statistics.median(r[key] for r in rows)
-        results[dtype] = {"peak_rss_gb": max(r["peak_rss_gb"] for r in rows), "round_s": med("round_s"),
-                          "gen_tokens_per_s": med("gen_tokens_per_s"), "train_tokens_per_s": med("train_tokens_per_s"),
-                          "plan": done.stdout.splitlines()[0]}
-        print(results[dtype]["plan"])
+        results[name] = {"peak_rss_gb": max(r["peak_rss_gb"] for r in rows), "round_s": med("round_s"),
+                         "gen_tokens_per_s": med("gen_tokens_per_s"), "train_tokens_per_s": med("train_tokens_per_s"),
+                         "plan": done.stdout.splitlines()[0]}
+        print(name + ": " + results[name]["plan"], flush=True)
     keys = ["peak_rss_gb", "gen_tokens_per_s", "train_tokens_per_s", "round_s"]
-    print("\n| dtype | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys))
+    print("\n| run | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys))
     for dtype, r in results.items():
         print(f"| {dtype} | " + " | ".join(f"{r[k]:,.2f}" for k in keys) + " |")
     line = {"model": args.model, "cpu": cpu, "max_new_tokens": max_new, "prompts": args.prompts, **results}
-    if {"fp32", "bf16"} <= set(results):
-        line["bf16_gen_speedup"] = results["bf16"]["gen_tokens_per_s"] / results["fp32"]["gen_tokens_per_s"]
-        line["bf16_train_speedup"] = results["bf16"]["train_tokens_per_s"] / results["fp32"]["train_tokens_per_s"]
+    pairs = [(name, "bf16" + name[4:]) for name in results if name.startswith("fp32") and "bf16" + name[4:] in results]
+    if pairs:  # the first variant run in both dtypes
+        fp32, bf16 = (results[name] for name in pairs[0])
+        line["bf16_gen_speedup"] = bf16["gen_tokens_per_s"] / fp32["gen_tokens_per_s"]
+        line["bf16_train_speedup"] = bf16["train_tokens_per_s"] / fp32["train_tokens_per_s"]
     print(json.dumps(line))
     return line
 

@@ -2,6 +2,7 @@
 call, how many tokens per forward/backward, gradient checkpointing, which sampler), the out-of-memory retry
 that halves a step's size, and the merged sampler that samples from a plain copy of the LoRA policy."""
 import dataclasses
+import os
 import sys
 
 import torch
@@ -43,17 +44,33 @@ class Plan:
 # Fitted before return_freed_memory() below; with it the same updates measure 0.2-0.75 of this: conservative.
 ACTIVATIONS_PER_TOKEN = {False: 7.35, True: 2.6}  # gradient checkpointing off / on
 UPDATE_FIXED = {False: 0.8, True: 0.0}  # x the weights' bytes
+# bf16 does not halve them on a CPU: whole bf16 rounds (LoRA, 16 x 256 tokens) grew 2.5 GiB per 1,024 tokens of
+# micro-batch, 1.3x two bytes a number (norms and softmax keep fp32 copies): counted as three bytes, which covers it.
+ACTIVATION_BYTES = {"fp32": 4, "bf16": 3}
+# On a CPU, larger micro-batches are slower, not faster: bf16 rounds of the 0.5B (LoRA, 16 x 256 tokens, 2 cores)
+# took 159 s at 1,024 tokens, 174 s at 2,048 and 214 s at 4,096 (experiments/bench_round.py --micro-batches).
+CPU_MICRO_BATCH_TOKENS = 1024
+SMALL_MODEL_PARAMS = 10 ** 8  # below this, activations are small and one micro-batch per round is fastest
 OVERHEAD_GB = 1.0     # Python, torch, the tokenizer, allocator slack
+# glibc's mmap threshold (return_freed_memory), the largest that fits the budget: at 1 MiB every freed tensor goes
+# back to the OS (least memory, most page faults); above it the heap keeps more and faults less. Bf16 rounds of the
+# 0.5B (LoRA, 16 x 256 tokens, 1,024-token micro-batches, 2 cores): 1 MiB 159 s and 5.96 GiB, 8 MiB 7.15 GiB (its
+# time not clean), 32 MiB 144 s and 7.95 GiB, 64 MiB 136 s and 9.08 GiB. The extra peak over 1 MiB, as a fraction
+# of the weights' bytes (1.17 GiB there; one model measured, so a rough rule):
+MMAP_THRESHOLDS_MB = {64: 2.7, 32: 1.7, 8: 1.0, 1: 0.0}
 
 
-def return_freed_memory():
-    """On glibc (Linux), serve every block of 1 MiB or more with its own mapping, given back to the OS when freed.
-    By default glibc raises that threshold after the first large frees, and tensors then come from a heap that
+def return_freed_memory(threshold_mb=1):
+    """On glibc (Linux), serve every block of threshold_mb or more with its own mapping, given back to the OS when
+    freed. By default glibc raises that threshold after the first large frees, and tensors then come from a heap that
     fragments between sampling and training: one real round (Qwen2.5-0.5B, LoRA, fp32, 16 answers) peaked at
-    10.0 GiB that way and at 5.9 GiB with the fixed threshold. Returns whether it applied."""
+    10.0 GiB that way and at 5.9 GiB with a fixed 1 MiB. Returns whether it applied (not where the caller set
+    glibc's own MALLOC_MMAP_THRESHOLD_, which is kept)."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:  # glibc's own setting, read at startup: the caller chose
+        return False
     try:
         import ctypes
-        return ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20) == 1  # -3: M_MMAP_THRESHOLD
+        return ctypes.CDLL("libc.so.6").mallopt(-3, threshold_mb << 20) == 1  # -3: M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc: macOS, musl, Windows
         return False
 
@@ -88,7 +105,9 @@ def plan_memory(args, model_path, world=1):
     --memory-budget-gb or 80% of the free RAM, and the plan is the first of fast sampler without checkpointing, fast
     with, plain without, plain with, whose estimated peak fits 90% of it, at the largest micro-batch (16,384 tokens
     down to one answer) that does; a small model takes 16,384 tokens, no checkpointing and 64 prompts. On a CPU it
-    also sets the allocator to give freed memory back (return_freed_memory), which the estimate assumes."""
+    also sets the allocator's mmap threshold, the largest of MMAP_THRESHOLDS_MB that still fits (return_freed_memory),
+    which the estimate includes. A model of 100M parameters or more on a CPU takes micro-batches of at most 1,024
+    tokens (CPU_MICRO_BATCH_TOKENS: fastest)."""
     from transformers import AutoConfig, AutoModelForCausalLM
     config = AutoConfig.from_pretrained(model_path)
     with torch.device("meta"):
@@ -104,18 +123,18 @@ def plan_memory(args, model_path, world=1):
         budget = min(GPU_BUDGET_GB, 0.8 * torch.cuda.get_device_properties(0).total_memory / 2 ** 30)
     else:
         budget = 0.8 * (available_ram_gb() or 16.0)
-    if not cuda:
-        return_freed_memory()  # before the model is loaded: the estimate below assumes it
     merged_gb = n_params * dtype_bytes / 2 ** 30  # the fast sampler's copy of the policy
     weights_gb = n_params * (0.6 if args.finetune == "qlora" else dtype_bytes) / 2 ** 30
     seq_tokens = args.max_new_tokens + 512  # answer cap plus a generous prompt
-    act_gb = lambda tokens, ckpt: update_gb(text, tokens, ckpt, dtype_bytes)
+    act_gb = lambda tokens, ckpt: update_gb(text, tokens, ckpt, ACTIVATION_BYTES[args.dtype])
     kv_gb = lambda prompts: prompts * seq_tokens * kv_per_token / 2 ** 30
     lora_ok = args.finetune in ("lora", "qlora")
     samplers = [args.sampler] if args.sampler != "auto" else ["fast", "plain"] if lora_ok else ["plain"]
     checkpointing = [args.grad_checkpointing == "on"] if args.grad_checkpointing != "auto" else [False, True]
     tokens = [args.micro_batch_tokens] if args.micro_batch_tokens else [16384 >> i for i in range(6)]
     tokens = [t for t in tokens if t >= min(seq_tokens, 1024)] or tokens[:1]
+    if not cuda and not args.micro_batch_tokens and n_params >= SMALL_MODEL_PARAMS:
+        tokens = [t for t in tokens if t <= CPU_MICRO_BATCH_TOKENS] or tokens[-1:]
     prompts = args.gen_batch_size or 64
 
     def peak(sampler, ckpt, micro):
@@ -133,6 +152,10 @@ def plan_memory(args, model_path, world=1):
         if not args.gen_batch_size:
             while prompts > 1 and peak(sampler, ckpt, micro) > 0.9 * budget and kv_gb(prompts) > act_gb(micro, ckpt):
                 prompts //= 2
+        heap_gb = lambda mb: MMAP_THRESHOLDS_MB[mb] * weights_gb  # what a larger threshold keeps in the heap
+        mmap_mb = next((mb for mb in MMAP_THRESHOLDS_MB if peak(sampler, ckpt, micro) + heap_gb(mb) <= 0.9 * budget),
+                       min(MMAP_THRESHOLDS_MB))
+        return_freed_memory(mmap_mb)  # before the model is loaded: the estimate assumes it
     size = f"{n_params / 1e6:.2f}M" if n_params < 1e7 else f"{n_params / 1e6:.0f}M"
     line = (f"plan: {size} parameters, {args.finetune}, sampler {sampler}, generation batches of "
             f"{prompts} prompts, micro-batches of {micro} tokens, gradient checkpointing {'on' if ckpt else 'off'}")
@@ -144,9 +167,11 @@ def plan_memory(args, model_path, world=1):
                  f"{merged_gb if sampler == 'fast' else 0:.1f} GB + KV cache {kv_gb(prompts):.1f} GB, budget "
                  f"{budget:.1f} GB")
     else:
-        line += f", {args.dtype}; estimated peak memory {peak(sampler, ckpt, micro):.1f} GB, budget {budget:.1f} GB"
-        if peak(sampler, ckpt, micro) > 0.9 * budget and ddp_rank() == 0:
-            print(f"warning: the estimated peak memory ({peak(sampler, ckpt, micro):.1f} GB) exceeds the budget "
+        estimate = peak(sampler, ckpt, micro) + heap_gb(mmap_mb)
+        line += (f", {args.dtype}, allocator threshold {mmap_mb} MiB; estimated peak memory {estimate:.1f} GB, budget "
+                 f"{budget:.1f} GB")
+        if estimate > 0.9 * budget and ddp_rank() == 0:
+            print(f"warning: the estimated peak memory ({estimate:.1f} GB) exceeds the budget "
                   f"({budget:.1f} GB) even so: lower --max-new-tokens, use --finetune qlora, or free memory (a process "
                   "killed for memory resumes with --resume from its last checkpoint)", file=sys.stderr)
     if world > 1:

@@ -49,11 +49,13 @@ def test_bench_round_compares_the_samplers_and_ends_with_json(capsys, tmp_path, 
 
 def test_bench_round_compares_dtypes_on_a_model_folder(tiny_model_dir, capsys, tmp_path, monkeypatch):
     scratch = scratch_dir(tmp_path, monkeypatch)
-    line = bench_round.main(["--model", tiny_model_dir, "--rounds", "1", "--prompts", "4", "--max-new-tokens", "8"])
+    line = bench_round.main(["--model", tiny_model_dir, "--rounds", "1", "--prompts", "4", "--max-new-tokens", "8",
+                             "--micro-batches", "64", "--mmap-thresholds", "4"])  # each a variant of every dtype
     assert not left_behind(scratch)
-    assert {"fp32", "bf16"} <= set(line) and line["bf16_gen_speedup"] > 0 and line["bf16_train_speedup"] > 0
-    assert all(line[d]["peak_rss_gb"] > 0 and "plan:" in line[d]["plan"] for d in ("fp32", "bf16"))
-    assert "| bf16 |" in capsys.readouterr().out
+    runs = ("fp32 mb64 mmap4MiB", "bf16 mb64 mmap4MiB")
+    assert set(runs) <= set(line) and line["bf16_gen_speedup"] > 0 and line["bf16_train_speedup"] > 0
+    assert all(line[r]["peak_rss_gb"] > 0 and "micro-batches of 64 tokens" in line[r]["plan"] for r in runs)
+    assert "| bf16 mb64 mmap4MiB |" in capsys.readouterr().out
 
 
 def test_bench_round_measures_update_peaks_against_the_plans_estimate(tiny_model_dir):

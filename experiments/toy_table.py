@@ -6,7 +6,7 @@ no reward) and GRPO (RL with the grader's reward).
     python experiments/toy_table.py                   # 9 arms x 5 seeds, 150 rounds each: about 2.5 hours on 2 CPU cores
     python experiments/toy_table.py --seeds 0,1 --arms online,coupled
     python experiments/toy_table.py --arms grpo --seeds 0 --lrs 2e-5,5e-5,1e-4   # a learning-rate sweep: one row per lr
-    python experiments/toy_table.py --fast            # smoke test: 1 seed, 10 rounds of 32 questions (no result)
+    python experiments/toy_table.py --fast            # smoke test: 1 seed, 4 rounds of 32 questions (no result)
 
 Writes OUT/table.md (the table, the command and its wall time) and OUT/table.json (per arm: every seed's
 round-0 and final held-out scores and its curve), and one run folder per arm and seed (OUT/ARM-sSEED).
@@ -44,7 +44,7 @@ ARMS = {  # name -> the sept_mini.py flags that make it (the rest are the toy de
     "emft": ["--objective", "emft", "--lr", "2e-5"],      # sample at tau 1, minimise the token entropy: no reward
     "grpo": ["--objective", "grpo", "--rollouts", "8", "--prompts-per-round", "16", "--lr", "2e-4"],  # the verifier's
 }                                                   # reward; 16 questions x 8 answers = SePT's 128 samples a round
-FAST = ["--rounds", "10", "--prompts-per-round", "32", "--eval-every", "5", "--eval-size", "32"]
+FAST = ["--rounds", "4", "--prompts-per-round", "32", "--eval-every", "2", "--eval-size", "32"]
 BASE_TEMPS = "0.4,0.6,0.8,1.0"  # the base model's temperature sweep; its best (by AVG) is the honest baseline
 
 
@@ -201,7 +201,7 @@ def make_table(argv):
     a("--seeds", default="0,1,2,3,4", help="comma-separated seeds; each builds its own toy base (default: 0,1,2,3,4)")
     a("--arms", default=",".join(ARMS), help=f"comma-separated arms among {', '.join(ARMS)} (default: all)")
     a("--out", default="runs/toy_table", help="folder for the runs and the table (default: runs/toy_table)")
-    a("--fast", action="store_true", help="smoke test: seed 0 only, 10 rounds of 32 questions, 32 held-out questions "
+    a("--fast", action="store_true", help="smoke test: seed 0 only, 4 rounds of 32 questions, 32 held-out questions "
       "(default: off)")
     a("--lrs", default=None, help="comma-separated learning rates: runs every arm at each (the rivals' sweep), one row "
       "per arm and lr, in OUT/ARM-lrLR-sSEED (default: each arm's own lr)")

@@ -25,6 +25,28 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 
+def side_by_side(commands, at_once=2):
+    """Run {key: (argv, env)} as subprocesses, at most at_once at a time (one per core: more only contend), and
+    return {key: (returncode, stdout, stderr)}. For tests whose subprocesses are mostly one-threaded start-up."""
+    import subprocess
+    import tempfile
+    import time
+    waiting, running, done = list(commands.items()), {}, {}
+    while waiting or running:
+        while waiting and len(running) < at_once:
+            key, (argv, env) = waiting.pop(0)
+            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # files: a pipe could fill and block
+            running[key] = (subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err), out, err)
+        for key, (process, out, err) in list(running.items()):
+            if process.poll() is not None:
+                out.seek(0), err.seek(0)
+                done[key] = (process.returncode, out.read(), err.read())
+                out.close(), err.close()
+                del running[key]
+        time.sleep(0.05)
+    return done
+
+
 def tiny_qwen(vocab_size, hidden=32, layers=2, tie=True, seed=0, **extra):
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(seed)

@@ -5,10 +5,11 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import sys
 
 import pytest
+
+from conftest import side_by_side
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 X86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -47,11 +48,8 @@ for argv in json.loads(sys.argv[1]):
 """
 
 
-def run_scripts(env, *argvs):
-    done = subprocess.run([sys.executable, "-c", SCRIPTS, json.dumps(argvs)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+def scripts_command(*argvs):
+    return [sys.executable, "-c", SCRIPTS, json.dumps(argvs)]
 
 
 def short_run_argv(cache, out, *flags):
@@ -67,24 +65,32 @@ def metrics_hash(out):
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
-_fingerprints = {}
-
-
-def fingerprint(folder, threads, extra_env=None):
-    """(the toy base's weights hash, the run's metrics hash, the plan line, the config's name) for one
-    configuration: `python toy_world.py --steps 30` (a short base), then 3 rounds of `python sept_mini.py` on it.
-    Computed once per test session: the tests below share them."""
-    key = (threads, tuple(sorted((extra_env or {}).items())))
-    if key not in _fingerprints:
-        name = f"{threads}-{len(_fingerprints)}"
-        cache, out = folder / f"cache-{name}", folder / f"run-{name}"
+def fingerprints(folder, configs, extra_commands):
+    """{(threads, extra_env or None): (the toy base's weights hash, the run's metrics hash, the plan line)}: for each
+    configuration, in its own fresh process, `python toy_world.py --steps 30` (a short base), then 3 rounds of
+    `python sept_mini.py` on it; extra_commands {key: (env, argvs)} run beside them. Two processes at a time (the
+    pinned path computes the same bits under any load, and most of each process is one-threaded start-up)."""
+    commands = {key: (scripts_command(*argvs), env) for key, (env, argvs) in extra_commands.items()}  # longest first
+    for i, (threads, extra_env) in enumerate(configs):
+        cache, out = folder / f"cache-{i}", folder / f"run-{i}"
         build = ["toy_world.py", "--steps", "30", "--cache-dir", str(cache)]
-        stdout = run_scripts(clean_env(threads, extra_env), build, short_run_argv(cache, out))
+        commands[threads, extra_env] = (scripts_command(build, short_run_argv(cache, out)),
+                                        clean_env(threads, dict(extra_env or ())))
+    done = side_by_side(commands)
+    for key, (code, _, stderr) in done.items():
+        assert code == 0, (key, stderr[-2000:])
+    result = {}
+    for i, key in enumerate(configs):
+        stdout, cache, out = done[key][1], folder / f"cache-{i}", folder / f"run-{i}"
         base = next(line for line in stdout.splitlines() if line.startswith(str(cache)))
         weights = hashlib.sha256(open(os.path.join(base, "model.safetensors"), "rb").read()).hexdigest()
         plan = next(line for line in stdout.splitlines() if line.startswith("plan:"))
-        _fingerprints[key] = (weights, metrics_hash(out), plan, name)
-    return _fingerprints[key]
+        result[key] = (weights, metrics_hash(out), plan)
+    return result
+
+
+AVX2 = tuple(HELD_TO_AVX2.items())
+FREE = (("SEPT_FREE_FLOAT_PATH", "1"),)
 
 
 @pytest.fixture(scope="module")
@@ -92,22 +98,32 @@ def folder(tmp_path_factory):
     return tmp_path_factory.mktemp("floatpath")
 
 
+@pytest.fixture(scope="module")
+def runs(folder):
+    """Every configuration the tests below compare, and the rivals' short runs on a base of their own."""
+    rival_base = ["toy_world.py", "--steps", "30", "--cache-dir", str(folder / "cache-rivals")]
+    rivals = [short_run_argv(folder / "cache-rivals", folder / f"arm-{arm}", *flags) for arm, flags in ARMS.items()]
+    configs = [(2, None), (1, None), (4, None), (2, AVX2)] + ([(4, FREE)] if has_avx512() else [])
+    found = fingerprints(folder, configs, {"rivals": (clean_env(2), [rival_base, *rivals])})
+    found["rivals"] = {arm: metrics_hash(folder / f"arm-{arm}") for arm in ARMS}
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not X86, reason="the pinned path is x86-64's AVX2 path")
-def test_toy_float_path_is_the_same_at_any_thread_count_and_instruction_set(folder):
-    reference = fingerprint(folder, 2)
+def test_toy_float_path_is_the_same_at_any_thread_count_and_instruction_set(runs):
+    reference = runs[2, None]
     assert "0.42M parameters" in reference[2] and "float path pinned" in reference[2], reference[2]
     assert "budget" not in reference[2]  # no memory budget for a 0.42M-parameter model
-    for threads, env in ((1, None), (4, None), (2, HELD_TO_AVX2)):
-        assert fingerprint(folder, threads, env)[:2] == reference[:2], (threads, env)
+    for threads, env in ((1, None), (4, None), (2, AVX2)):
+        assert runs[threads, env][:2] == reference[:2], (threads, env)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (X86 and has_avx512()), reason="only an AVX-512 CPU has another path to drift to")
-def test_freeing_the_float_path_changes_the_bits_on_avx512(folder):
+def test_freeing_the_float_path_changes_the_bits_on_avx512(runs):
     """The control: the test above would see a drift, because without the pin this CPU computes other bits."""
-    pinned = fingerprint(folder, 4)
-    free = fingerprint(folder, 4, {"SEPT_FREE_FLOAT_PATH": "1"})
+    pinned, free = runs[4, None], runs[4, FREE]
     assert "float path: free" in free[2]
     assert free[0] != pinned[0]
 
@@ -151,10 +167,6 @@ ARMS = {"sept": [], "offline": ["--offline"], "emft": ["--objective", "emft", "-
 
 @pytest.mark.slow
 @pytest.mark.skipif(not X86, reason="recorded on the pinned x86-64 path")
-def test_the_default_run_and_each_rival_keep_their_recorded_metrics(folder):
-    _, default, _, name = fingerprint(folder, 2)  # its base, and its run: the default arm
-    rivals = {arm: flags for arm, flags in ARMS.items() if flags}
-    run_scripts(clean_env(2), *[short_run_argv(folder / f"cache-{name}", folder / f"arm-{arm}", *flags)
-                                for arm, flags in rivals.items()])
-    got = {"sept": default, **{arm: metrics_hash(folder / f"arm-{arm}") for arm in rivals}}
-    assert got == RECORDED
+def test_the_default_run_and_each_rival_keep_their_recorded_metrics(runs):
+    assert runs["rivals"]["sept"] == runs[2, None][1]  # the default arm on its own base: the same run
+    assert runs["rivals"] == RECORDED

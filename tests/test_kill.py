@@ -4,12 +4,11 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 
 import pytest
 
-from conftest import comparable
+from conftest import comparable, side_by_side
 
 pytestmark = pytest.mark.slow  # each test kills and resumes a run in subprocesses
 
@@ -62,17 +61,11 @@ def run_args(model_dir, out):
             "--save-every", "1", "--lr", "1e-2", "--finetune", "full", "--micro-batch-tokens", "40"]
 
 
-def cli(*argv, kill=None):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-c", CHILD, ROOT, *kill] if kill else [sys.executable, os.path.join(ROOT, "sept_mini.py")]
-    return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=300, env=env)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    assert cli(*run_args(tiny_model_dir, out)).returncode == 0
-    return [json.loads(line) for line in open(out / "metrics.jsonl")]
+def command(*argv, kill=None):
+    """(argv, env): one thread each, so that two of these share the two cores without contending."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    script = [sys.executable, "-c", CHILD, ROOT, *kill] if kill else [sys.executable, os.path.join(ROOT, "sept_mini.py")]
+    return [*script, *argv], env
 
 
 rng = random.Random(2026)  # random moments, the same on every machine
@@ -80,14 +73,33 @@ MOMENTS = [("sampling", rng.randint(2, ROUNDS)), ("training", rng.randint(3, 3 *
            ("checkpoint-file-written", rng.randint(1, ROUNDS - 1)), ("between-renames", rng.randint(1, ROUNDS - 2))]
 
 
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    """The uninterrupted run and one killed run per moment, two at a time (each its own process, one thread: the
+    same bits under any load), then every killed run resumed: {key: (out, killed, finished before resume, resumed)},
+    killed and resumed as (returncode, stdout, stderr)."""
+    tmp = tmp_path_factory.mktemp("kill")
+    folder = lambda key: tmp / ("uninterrupted" if key == "uninterrupted" else f"{key[0]}-{key[1]}")
+    first = {"uninterrupted": command(*run_args(tiny_model_dir, folder("uninterrupted")))}
+    first.update({key: command(*run_args(tiny_model_dir, folder(key)), kill=[key[0], str(key[1])]) for key in MOMENTS})
+    first = side_by_side(first)
+    assert first["uninterrupted"][0] == 0, first["uninterrupted"][2][-2000:]
+    died = [key for key in MOMENTS if first[key][0] == -signal.SIGKILL]
+    finished = {key: os.path.exists(folder(key) / "final") for key in died}
+    resumed = side_by_side({key: command("--out", str(folder(key)), "--resume") for key in died})
+    return {key: (folder(key), first[key], finished.get(key), resumed.get(key)) for key in first}
+
+
+def metrics(out):
+    return [json.loads(line) for line in open(out / "metrics.jsonl")]
+
+
 @pytest.mark.parametrize("where, nth", MOMENTS, ids=[f"{w}-{n}" for w, n in MOMENTS])
-def test_sigkill_then_resume_gives_the_uninterrupted_metrics(where, nth, uninterrupted, tiny_model_dir, tmp_path):
-    out = tmp_path / "run"
-    killed = cli(*run_args(tiny_model_dir, out), kill=[where, str(nth)])
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert not os.path.exists(out / "final")  # it really died mid-run
-    resumed = cli("--out", str(out), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    final = [json.loads(line) for line in open(out / "metrics.jsonl")]
+def test_sigkill_then_resume_gives_the_uninterrupted_metrics(where, nth, runs):
+    out, killed, finished_before_resume, resumed = runs[where, nth]
+    assert killed[0] == -signal.SIGKILL, killed[2][-2000:]
+    assert not finished_before_resume  # it really died mid-run
+    assert resumed is not None and resumed[0] == 0, resumed[2][-2000:]
+    final = metrics(out)
     assert [r["round"] for r in final] == list(range(ROUNDS + 1))
-    assert comparable(final) == comparable(uninterrupted)
+    assert comparable(final) == comparable(metrics(runs["uninterrupted"][0]))

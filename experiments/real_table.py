@@ -127,8 +127,8 @@ def make_table(argv):
     a("--tau-sample", type=float, default=0.6, help="sampling temperature, constant (default: 0.6)")
     a("--max-new-tokens", type=int, default=192, help="answer cap, training and evaluation (default: 192; at 128 the "
       "base cut 8%% of its tau-1 answers, long step-by-step ones that end by 192)")
-    a("--lr", type=float, default=3e-5, help="LoRA learning rate, no warm-up (default: 3e-5, chosen over 1e-4 and 3e-4 "
-      "on training questions: docs/real-models.md)")
+    a("--lr", type=float, default=3e-5, help="LoRA learning rate, no warm-up (default: 3e-5, chosen over 1e-5, 1e-4 "
+      "and 3e-4 on training questions: docs/real-models.md)")
     a("--probe-every", type=int, default=8, help="score 48 probe questions (training split, never trained on) every "
       "N rounds, wordsum only; 0 = never (default: 8)")
     a("--workers", type=int, default=1, help="evaluations run at once, one thread each when > 1 (default: 1)")

@@ -94,6 +94,13 @@ def mean_and_se(values):
     return statistics.mean(values), statistics.stdev(values) / len(values) ** 0.5
 
 
+def paired_change(base, trained, tau):
+    """(mean, standard error) of trained minus base at tau, question by question: the same questions before and
+    after, so the question-to-question spread cancels."""
+    before, after = per_question(base, tau), per_question(trained, tau)
+    return mean_and_se(after[q] - before[q] for q in before)
+
+
 def run_sept(args, train, out, seed):
     """The SePT run (LoRA), resumed where a killed one stopped, reused when finished."""
     if os.path.isfile(os.path.join(out, "final", "adapter_config.json")):
@@ -167,20 +174,20 @@ def make_table(argv):
         run_dir = os.path.join(args.out, "sept" + suffix)
         run_sept(args, train, run_dir, seed)
         trained[seed] = evaluate(run_dir, heldout, args, os.path.join(args.out, "eval-sept" + suffix), seed)
-        if seed == args.seeds[0]:
-            rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    rows = [json.loads(line) for line in open(os.path.join(args.out, "sept", "metrics.jsonl"))]  # the first seed's
     return write_table(args, argv, base, trained, rows, t0)
 
 
 def write_table(args, argv, base, trained_by_seed, rows, t0):
     """table.md, table.json and graded.md from the evaluations and the first seed's metrics; with several seeds,
     each seed's paired change and their mean and spread."""
+    seeds = {seed: {tau: paired_change(base, samples, tau) for tau in args.temps}
+             for seed, samples in trained_by_seed.items()}
     trained, table = trained_by_seed[args.seeds[0]], {}
     for tau in args.temps:
-        before, after = per_question(base, tau), per_question(trained, tau)
         at_tau = {name: [s for s in samples if s["tau"] == tau] for name, samples in (("base", base), ("SePT", trained))}
-        table[tau] = {"base": mean_and_se(before.values()), "SePT": mean_and_se(after.values()),
-                      "change": mean_and_se(after[q] - before[q] for q in before),  # paired: the same questions
+        table[tau] = {"base": mean_and_se(per_question(base, tau).values()),
+                      "SePT": mean_and_se(per_question(trained, tau).values()), "change": seeds[args.seeds[0]][tau],
                       **{f"{name} tokens": statistics.mean(s["tokens"] for s in v) for name, v in at_tau.items()},
                       **{f"{name} cut %": 100 * statistics.mean(s["truncated"] for s in v) for name, v in at_tau.items()}}
     best = max(args.temps, key=lambda t: table[t]["base"][0])
@@ -198,9 +205,6 @@ def write_table(args, argv, base, trained_by_seed, rows, t0):
               f"{table[1.0]['change'][1]:.1f}" + (": within two standard errors, so within noise." if within else "."),
               "", "| round | tau_sample | loss | answer length | truncated | probe pass@1 (tau 1) | probe greedy | s |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    seeds = {seed: {tau: mean_and_se(per_question(samples, tau)[q] - before
-                                     for q, before in per_question(base, tau).items()) for tau in args.temps}
-             for seed, samples in trained_by_seed.items()}
     probes = {r["round"]: r for r in rows if "greedy" in r}
     lines += [f"| {r['round']} | {r['tau_sample']} | {r['loss']:.3f} | {r['answer_len']:.0f} | "
               f"{100 * r['truncated']:.0f}% | " + (f"{100 * probes[r['round']]['pass@1']:.1f} | "

@@ -40,8 +40,10 @@ P_ERROR = 0.2        # probability that a step's result in the pretraining data 
 LO, HI = 18, 91      # true running sums stay here, so every number (even 4 errors of 2 off) has 2 digits
 BOXED = "\\boxed{"   # one token, so the answer format costs the model nothing to learn
 EOS = "<|endoftext|>"  # also the pad token, as in Qwen base models (the trap sept_mini.py guards)
-TEMPLATE_VERSION = 5   # bump when the data, tokenizer or model recipe changes: invalidates the cache
-PRETRAIN_STEPS = 1000  # enough for every build seed to converge (600 left some seeds undertrained)
+TEMPLATE_VERSION = 6   # bump when the data, tokenizer or model recipe changes: invalidates the cache
+# 1,000 steps left seed 3 answering 22 of 4,000 training questions wrong even greedily (a wrong step such as
+# 54-5=40), which SePT then spread; at 1,200 no seed answers a training question wrong under greedy decoding
+PRETRAIN_STEPS = 1200
 
 
 # -----------------------------------------------------------------------------
@@ -175,8 +177,9 @@ def default_cache_dir():
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sept-mini")
 
 
-def cache_path(cache_dir, seed=0):
-    name = f"toy-v{TEMPLATE_VERSION}-p{P_ERROR}-seed{seed}"
+def cache_path(cache_dir, seed=0, steps=PRETRAIN_STEPS):
+    # a shorter build (a notebook's fast setting, a test) gets its own folder: it must never stand in for the default
+    name = f"toy-v{TEMPLATE_VERSION}-p{P_ERROR}-seed{seed}" + ("" if steps == PRETRAIN_STEPS else f"-steps{steps}")
     return os.path.join(os.path.expanduser(cache_dir or default_cache_dir()), name)
 
 
@@ -195,10 +198,10 @@ def is_complete(path):
 def load_or_build(cache_dir=None, seed=0, steps=PRETRAIN_STEPS, rebuild=False, log=print):
     """Path of the cached toy base model for this build seed, building it first when missing, partial
     or corrupt. cache_dir None means default_cache_dir()."""
-    path = cache_path(cache_dir, seed)
+    path = cache_path(cache_dir, seed, steps)
     if not rebuild and is_complete(path):
         return path
-    log(f"building the toy base model in {path} (once; about two minutes on 2 CPU cores)")
+    log(f"building the toy base model in {path} (once; about 140 s on 2 CPU cores)")
     t0 = time.time()
     tokenizer = build_tokenizer()
     model = pretrain(build_model(tokenizer, seed=seed), tokenizer, steps, seed=seed, log=log)

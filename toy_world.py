@@ -42,7 +42,7 @@ BOXED = "\\boxed{"   # one token, so the answer format costs the model nothing t
 EOS = "<|endoftext|>"  # also the pad token, as in Qwen base models (the trap sept_mini.py guards)
 TEMPLATE_VERSION = 6   # bump when the data, tokenizer or model recipe changes: invalidates the cache
 # 1,000 steps left seed 3 answering 22 of 4,000 training questions wrong even greedily (a wrong step such as
-# 54-5=40), which SePT then spread; at 1,200 no seed answers a training question wrong under greedy decoding
+# 54-5=40), which SePT then spread; at 1,200 seeds 0, 1, 3 and 4 answer none wrong, seed 2 answers 8 (docs/toy-results.md)
 PRETRAIN_STEPS = 1200
 
 

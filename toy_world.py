@@ -16,6 +16,7 @@ low-temperature samples are wrong about half the time and SePT reinforces the er
     python toy_world.py                      # build (or reuse) the cached base model, print its folder
     python toy_world.py --seed 3             # another base model: each seed builds its own
     python toy_world.py --rebuild            # build it again from scratch
+    python toy_world.py --greedy-errors 4000 # and count the training questions it answers wrong greedily
 
 Everything is deterministic given the seed, and the same on every x86-64 CPU at any thread count: the toy's
 float path is pinned to AVX2 kernels (plumbing/floatpath.py; SEPT_FREE_FLOAT_PATH=1 frees it). Elsewhere (Apple
@@ -169,6 +170,26 @@ def pretrain(model, tokenizer, steps, batch_size=64, lr=4e-3, seed=0, log=print)
     return model
 
 
+def greedy_errors(path, seed=0, n=4000, batch_size=500):
+    """How many of the first n training questions of this seed the model at `path` answers wrong under greedy
+    decoding. SePT trains on such answers as on any other and spreads their wrong steps, so this is the regime
+    check to make before training: it should be (nearly) zero."""
+    import re
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    wrong, qs = 0, questions("train", n, seed)
+    for i in range(0, n, batch_size):
+        batch = qs[i:i + batch_size]
+        ids = torch.tensor([tokenizer.encode(q["question"] + ":") for q in batch])  # one length: no padding
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=48,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        for q, row in zip(batch, out[:, ids.shape[1]:]):
+            boxed = re.findall(r"\\boxed\{(\d+)\}", tokenizer.decode(row, skip_special_tokens=True))
+            wrong += not (boxed and boxed[-1] == q["answer"])
+    return wrong
+
+
 # -----------------------------------------------------------------------------
 # the cache
 
@@ -177,9 +198,8 @@ def default_cache_dir():
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sept-mini")
 
 
-def cache_path(cache_dir, seed=0, steps=PRETRAIN_STEPS):
-    # a shorter build (a notebook's fast setting, a test) gets its own folder: it must never stand in for the default
-    name = f"toy-v{TEMPLATE_VERSION}-p{P_ERROR}-seed{seed}" + ("" if steps == PRETRAIN_STEPS else f"-steps{steps}")
+def cache_path(cache_dir, seed=0):
+    name = f"toy-v{TEMPLATE_VERSION}-p{P_ERROR}-seed{seed}"
     return os.path.join(os.path.expanduser(cache_dir or default_cache_dir()), name)
 
 
@@ -198,7 +218,7 @@ def is_complete(path):
 def load_or_build(cache_dir=None, seed=0, steps=PRETRAIN_STEPS, rebuild=False, log=print):
     """Path of the cached toy base model for this build seed, building it first when missing, partial
     or corrupt. cache_dir None means default_cache_dir()."""
-    path = cache_path(cache_dir, seed, steps)
+    path = cache_path(cache_dir, seed)
     if not rebuild and is_complete(path):
         return path
     log(f"building the toy base model in {path} (once; about 140 s on 2 CPU cores)")
@@ -224,10 +244,16 @@ if __name__ == "__main__":
       "~/.cache/sept-mini)")
     a("--seed", type=int, default=0, help="build seed: initialisation and pretraining data (default: 0)")
     a("--steps", type=int, default=PRETRAIN_STEPS, help=f"pretraining steps, batch 64 (default: {PRETRAIN_STEPS})")
-    parser.add_argument("--rebuild", action="store_true", help="build again even if a cached model exists")
+    a("--rebuild", action="store_true", help="build again even if a cached model exists")
+    a("--greedy-errors", type=int, default=0, metavar="N", help="then count how many of the first N training "
+      "questions the base answers wrong under greedy decoding, the errors SePT would spread (default: 0, no count)")
     args = parser.parse_args()
     if "OMP_NUM_THREADS" not in os.environ:  # as sept_mini.py: every core, unless the environment says otherwise
         torch.set_num_threads(os.cpu_count() or 1)
     from plumbing import floatpath
     print(floatpath.pin_toy_float_path(), file=sys.stderr)  # the same base on every x86 CPU, at any thread count
-    print(load_or_build(args.cache_dir, args.seed, args.steps, args.rebuild))
+    path = load_or_build(args.cache_dir, args.seed, args.steps, args.rebuild)
+    print(path)
+    if args.greedy_errors:
+        print(f"seed {args.seed}: {greedy_errors(path, args.seed, args.greedy_errors)} of {args.greedy_errors} training "
+              f"questions answered wrong under greedy decoding")

@@ -21,7 +21,7 @@ low-temperature samples are wrong about half the time and SePT reinforces the er
 Everything is deterministic given the seed, and the same on every x86-64 CPU at any thread count: the toy's
 float path is pinned to AVX2 kernels (plumbing/floatpath.py; SEPT_FREE_FLOAT_PATH=1 frees it). Elsewhere (Apple
 silicon, a GPU) another base model comes out, which is why results are also quoted over several seeds.
-The build takes about 140 s on 2 CPU cores and is cached under --cache-dir (default
+The build takes about two minutes on 2 CPU cores (117-143 s measured) and is cached under --cache-dir (default
 $XDG_CACHE_HOME/sept-mini, i.e. ~/.cache/sept-mini); a partial or corrupt cache is rebuilt.
 """
 import argparse
@@ -221,7 +221,7 @@ def load_or_build(cache_dir=None, seed=0, steps=PRETRAIN_STEPS, rebuild=False, l
     path = cache_path(cache_dir, seed)
     if not rebuild and is_complete(path):
         return path
-    log(f"building the toy base model in {path} (once; about 140 s on 2 CPU cores)")
+    log(f"building the toy base model in {path} (once; about two minutes on 2 CPU cores)")
     t0 = time.time()
     tokenizer = build_tokenizer()
     model = pretrain(build_model(tokenizer, seed=seed), tokenizer, steps, seed=seed, log=log)

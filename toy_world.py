@@ -43,7 +43,8 @@ BOXED = "\\boxed{"   # one token, so the answer format costs the model nothing t
 EOS = "<|endoftext|>"  # also the pad token, as in Qwen base models (the trap sept_mini.py guards)
 TEMPLATE_VERSION = 6   # bump when the data, tokenizer or model recipe changes: invalidates the cache
 # 1,000 steps left seed 3 answering 22 of 4,000 training questions wrong even greedily (a wrong step such as
-# 54-5=40), which SePT then spread; at 1,200 seeds 0, 1, 3 and 4 answer none wrong, seed 2 answers 8 (docs/toy-results.md)
+# 54-5=40), which SePT then spread; at 1,200 seeds 0, 1, 3 and 4 answer none wrong, seed 2 answers 8 of 4,000
+# (docs/toy-results.md, made with --greedy-errors 4000)
 PRETRAIN_STEPS = 1200
 
 
@@ -248,6 +249,8 @@ if __name__ == "__main__":
     a("--greedy-errors", type=int, default=0, metavar="N", help="then count how many of the first N training "
       "questions the base answers wrong under greedy decoding, the errors SePT would spread (default: 0, no count)")
     args = parser.parse_args()
+    if args.steps < 1 or args.greedy_errors < 0:
+        parser.error("--steps must be at least 1 and --greedy-errors at least 0 (0: no count)")
     if "OMP_NUM_THREADS" not in os.environ:  # as sept_mini.py: every core, unless the environment says otherwise
         torch.set_num_threads(os.cpu_count() or 1)
     from plumbing import floatpath
@@ -255,5 +258,5 @@ if __name__ == "__main__":
     path = load_or_build(args.cache_dir, args.seed, args.steps, args.rebuild)
     print(path)
     if args.greedy_errors:
-        print(f"seed {args.seed}: {greedy_errors(path, args.seed, args.greedy_errors)} of {args.greedy_errors} training "
-              f"questions answered wrong under greedy decoding")
+        wrong = greedy_errors(path, args.seed, args.greedy_errors)
+        print(f"seed {args.seed}: {wrong} of {args.greedy_errors} training questions answered wrong under greedy decoding")

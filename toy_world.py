@@ -175,7 +175,7 @@ def greedy_errors(path, seed=0, n=4000, batch_size=500):
     """How many of the first n training questions of this seed the model at `path` answers wrong under greedy
     decoding. SePT trains on such answers as on any other and spreads their wrong steps, so this is the regime
     check to make before training: it should be (nearly) zero."""
-    import re
+    import grading
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
     wrong, qs = 0, questions("train", n, seed)
@@ -185,9 +185,8 @@ def greedy_errors(path, seed=0, n=4000, batch_size=500):
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=48,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        for q, row in zip(batch, out[:, ids.shape[1]:]):
-            boxed = re.findall(r"\\boxed\{(\d+)\}", tokenizer.decode(row, skip_special_tokens=True))
-            wrong += not (boxed and boxed[-1] == q["answer"])
+        for q, row in zip(batch, out[:, ids.shape[1]:]):  # graded as every answer of the project is
+            wrong += not grading.grade(tokenizer.decode(row, skip_special_tokens=True), q["answer"])
     return wrong
 
 

@@ -30,7 +30,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from plumbing import UsageError, cli, console, data, distributed, memory, models, rundir
+from plumbing import UsageError, cli, console, data, distributed, floatpath, memory, models, rundir
 from plumbing.fused import fused_entropy_sum, fused_nll_sum  # the (tokens x V) logits, one chunk at a time
 from plumbing.memory import micro_batches  # groups of rollouts within a token budget
 
@@ -180,7 +180,7 @@ def sept_loss(model, rollouts, pad_id, tau_train, loss_impl="fused"):
 # one update
 
 def sept_update(model, optimizer, scheduler, rollouts, tau_train, pad_id, loss_impl, micro_batch_tokens, clip=1.0,
-                ddp=None, loss=sept_loss):
+                ddp=None, loss=sept_loss, scaler=models.NO_LOSS_SCALING):
     """One optimizer update of SFT at tau_train on these rollouts: the token mean of `loss` over all their answer
     tokens, accumulated over micro-batches. Under torchrun each rank passes its own rollouts and `ddp` (the model
     and the loss wrapped by distributed.wrap_ddp): the mean is then over every rank's answer tokens, so the
@@ -197,15 +197,17 @@ def sept_update(model, optimizer, scheduler, rollouts, tau_train, pad_id, loss_i
         # have different numbers of micro-batches (their answers differ in length)
         with ddp.no_sync() if ddp and i < len(groups) - 1 else contextlib.nullcontext():
             nll, _ = forward(group, pad_id, tau_train, loss_impl)
-            (nll * scale).backward()
+            scaler.scale(nll * scale).backward()  # fp16 only: scaled up so that its gradients do not underflow
         total += nll.item()
         n_tokens += sum(len(r["prompt_ids"]) + len(r["answer_ids"]) for r in group)
     total = distributed.global_sum(total)
     if not math.isfinite(total):  # a step on inf/nan gradients would destroy the weights: refuse it
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError(f"loss {total / max(1, n_answer)}")
+    scaler.unscale_(optimizer)  # fp16 only, as each scaler call here: the gradients back at their size, to clip
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
-    optimizer.step()
+    scaler.step(optimizer)  # skipped when an fp16 gradient overflowed (counted in the metrics row)
+    scaler.update()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return total / max(1, n_answer), n_tokens
@@ -262,7 +264,7 @@ def train_round(model, optimizer, scheduler, loss, rollouts, round_, args, plan,
     for chunk in range(args.updates_per_round):
         part = rollouts[chunk::args.updates_per_round]
         update = lambda budget: sept_update(model, optimizer, scheduler, part, args.tau_train, pad_id, args.loss,
-                                            budget, ddp=ddp, loss=loss)
+                                            budget, ddp=ddp, loss=loss, scaler=plan.scaler)
         try:  # under torchrun one rank cannot redo an update alone: no retry there
             mean, n = memory.halving_on_oom(update, plan, "micro_batch_tokens", f"in round {round_}'s update",
                                             retry=ddp is None)
@@ -309,7 +311,7 @@ def main(argv=None):
                                              grad_checkpointing=plan.grad_checkpointing, dtype=args.dtype)
         stop_ids, pad_id = models.stop_token_ids(model, tokenizer), tokenizer.pad_token_id
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
-                                      weight_decay=args.weight_decay)
+                                      weight_decay=args.weight_decay, **floatpath.adamw_options())
         warmup = lambda step: min(1.0, (step + 1) / (args.warmup_steps + 1))  # then constant, as in the paper
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
         run = rundir.RunDir(args, model_path, world)  # --out: config, metrics, samples, checkpoints, final/
@@ -378,8 +380,8 @@ def answer_entropy_naive(model, input_ids, attention_mask, labels, tau_train):
     their number). Where SePT trains on the token it sampled, EM-FT sharpens each visited distribution towards its own
     mode, whichever token was sampled."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]  # (B, T-1, V)
-    logp = F.log_softmax(logits[labels[:, 1:] != -100].float() / tau_train, dim=-1)  # (N, V)
-    return -(logp.exp() * logp).sum(), len(logp)
+    scaled = logits[labels[:, 1:] != -100].float() / tau_train  # (N, V)
+    return -(F.softmax(scaled, dim=-1) * F.log_softmax(scaled, dim=-1)).sum(), len(scaled)
 
 
 def answer_entropy_fused(model, input_ids, attention_mask, labels, tau_train):

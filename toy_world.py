@@ -41,7 +41,7 @@ P_ERROR = 0.2        # probability that a step's result in the pretraining data 
 LO, HI = 18, 91      # true running sums stay here, so every number (even 4 errors of 2 off) has 2 digits
 BOXED = "\\boxed{"   # one token, so the answer format costs the model nothing to learn
 EOS = "<|endoftext|>"  # also the pad token, as in Qwen base models (the trap sept_mini.py guards)
-TEMPLATE_VERSION = 6   # bump when the data, tokenizer or model recipe changes: invalidates the cache
+TEMPLATE_VERSION = 7   # bump when the data, tokenizer or model recipe changes: invalidates the cache
 # 1,000 steps left seed 3 answering 22 of 4,000 training questions wrong even greedily (a wrong step such as
 # 54-5=40), which SePT then spread; at 1,200 seeds 0, 1, 3 and 4 answer none wrong, seed 2 answers 8 of 4,000
 # (docs/toy-results.md, made with --greedy-errors 4000)
@@ -140,7 +140,9 @@ def pretrain(model, tokenizer, steps, batch_size=64, lr=4e-3, seed=0, log=print)
     """Next-token training on noisy reference answers (loss on answer tokens only)."""
     rng = random.Random(f"pretrain-{seed}")
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    from plumbing import floatpath
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98),
+                            **floatpath.adamw_options())  # fused on the pinned path: the same bits on every vendor
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))

@@ -42,10 +42,35 @@ def cpu_has_bf16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def native_dtype(device):
-    """The dtype rule for a real model's frozen weights, in training and in evaluation: bf16 where the device computes
-    it natively (a GPU, a CPU with AVX512-BF16 or AMX), else fp32 (emulated bf16 is many times slower)."""
-    return "bf16" if device == "cuda" or cpu_has_bf16() else "fp32"
+NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere and later compute bf16 natively; a T4 (7.5), V100 (7.0), GTX 10xx/16xx emulate it
+
+
+def cuda_capability():
+    """The GPU's compute capability (major, minor): tests fake it here."""
+    return torch.cuda.get_device_capability()
+
+
+def native_dtype(device, capability=None):
+    """The dtype rule for a real model's frozen weights, QLoRA's compute dtype and the sampler, in training and in
+    evaluation: bf16 where the device computes it natively (a GPU of compute capability 8.0 or more, i.e.
+    torch.cuda.is_bf16_supported(including_emulation=False); a CPU with AVX512-BF16 or AMX); fp16 on an older GPU
+    (a T4 emulates bf16, 4x slower, and bitsandbytes' 4-bit tensor-core path there is fp16 only); else fp32
+    (emulated bf16 is many times slower on a CPU). LoRA weights and the loss stay fp32 whatever it is."""
+    if device == "cuda":
+        return "bf16" if (capability or cuda_capability()) >= NATIVE_BF16_CAPABILITY else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def dtype_reason(device, dtype, capability=None):
+    """A few words for the plan line: the dtype and why."""
+    if device != "cuda":
+        return dtype
+    major, minor = capability or cuda_capability()
+    if dtype == "fp16" and (major, minor) < NATIVE_BF16_CAPABILITY:
+        return f"fp16: this GPU has no native bf16 (compute capability {major}.{minor}), loss scaling on"
+    if dtype == "fp16":
+        return "fp16 (--dtype), loss scaling on"
+    return f"{dtype} (compute capability {major}.{minor})"
 
 
 def eval_temps_and_ks(args):
@@ -129,9 +154,10 @@ def build_parser():
     a("--sampler", choices=["auto", "fast", "plain"], default="auto", help="fast: sample from a merged copy of the "
       "LoRA policy (static cache and compiled on CUDA); plain: from the training model itself, the reference "
       "(default: auto = fast for LoRA/QLoRA when the copy fits in memory, else plain)")
-    a("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="the frozen weights' dtype for LoRA/QLoRA; the "
-      "trained LoRA weights and the optimizer stay fp32 (default: auto = bf16 on a GPU and on a CPU with AVX512-BF16 "
-      "or AMX, fp32 elsewhere, and always fp32 for full fine-tuning)")
+    a("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="the frozen weights' dtype for "
+      "LoRA/QLoRA, and QLoRA's compute dtype; the trained LoRA weights, the loss and the optimizer stay fp32; fp16 "
+      "trains with loss scaling (default: auto = bf16 on a GPU of compute capability 8.0+ and on a CPU with "
+      "AVX512-BF16 or AMX, fp16 on an older GPU such as a T4, fp32 elsewhere and for full fine-tuning)")
     a("--lora-rank", type=int, default=16, help="LoRA rank r, with alpha = 2r (default: 16)")
     a("--grad-checkpointing", choices=["auto", "on", "off"], default="auto", help="recompute activations in backward "
       "to save memory (default: auto = on for real models on a GPU, off otherwise)")
@@ -256,8 +282,9 @@ def validate(args):
         raise UsageError("--updates-per-round cannot exceed prompts-per-round x rollouts (each update needs answers)")
     args.device = pick_device(args.device)
     args.finetune = args.finetune or ("full" if toy else "qlora" if args.device == "cuda" else "lora")
-    if args.dtype == "bf16" and args.finetune == "full":
-        raise UsageError("--dtype bf16 needs --finetune lora or qlora (full fine-tuning keeps fp32 weights for AdamW)")
+    if args.dtype in ("bf16", "fp16") and args.finetune == "full":
+        raise UsageError(f"--dtype {args.dtype} needs --finetune lora or qlora (full fine-tuning keeps fp32 weights for "
+                         "AdamW)")
     if args.dtype == "auto":
         args.dtype = native_dtype(args.device) if args.finetune != "full" else "fp32"
     args.dataset = args.dataset or ("toy" if toy else HUB_QUESTIONS)

@@ -27,15 +27,11 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         for s in range(0, hidden.shape[0], chunk_size):
             h, t = hidden[s:s + chunk_size], targets[s:s + chunk_size]
             logits = F.linear(h, weight, bias).float().div_(tau)  # (C, V), fp32 whatever the weights are
-            target_logit = logits.gather(1, t[:, None]).squeeze(1)
-            row_max = logits.amax(dim=1, keepdim=True)
-            probs = logits.sub_(row_max).exp_()  # in place: one (C, V) buffer serves as logits and probs
-            sum_exp = probs.sum(dim=1, keepdim=True)
-            nll = row_max.squeeze(1) + sum_exp.log().squeeze(1) - target_logit  # (C,)
+            nll, probs = nll_and_softmax_(logits, t)  # (C,), and (C, V) in logits' own buffer
             w = None if weights is None else weights[s:s + chunk_size].float()[:, None]  # (C, 1)
             total += (nll if w is None else nll * w.squeeze(1)).sum()
             if need_h or need_w or need_b:
-                grad = probs.div_(sum_exp)  # softmax
+                grad = probs
                 grad[torch.arange(len(t), device=t.device), t] -= 1.0
                 grad.div_(tau) if w is None else grad.mul_(w / tau)  # d loss / d (h W^T + b): tau scales it too
                 grad_lp = grad.to(weight.dtype)  # (C, V) in the weights' dtype (the same tensor in fp32)
@@ -65,6 +61,23 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None, None
 
 
+def nll_and_softmax_(logits, targets, softmax_kernels=None):
+    """(-log softmax(logits)[targets] (C,), softmax(logits) (C, V)), the softmax in logits' own buffer: one (C, V)
+    buffer serves as logits, log-probabilities and probabilities. On a CPU through torch's log_softmax and softmax
+    kernels, in place: torch's exp and log there are MKL's vector math, whose last bits differ between Intel and AMD
+    (the toy's float path, plumbing/floatpath.py). Elsewhere exp_ and one log of the row sums, as measured on a GPU.
+    softmax_kernels=True/False picks the route by hand (tests/test_loss.py holds both to the reference)."""
+    if softmax_kernels if softmax_kernels is not None else logits.device.type == "cpu":
+        torch.log_softmax(logits, dim=1, out=logits)
+        nll = -logits.gather(1, targets[:, None]).squeeze(1)
+        return nll, torch.softmax(logits, dim=1, out=logits)  # softmax of the log-probabilities: the probabilities
+    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
+    row_max = logits.amax(dim=1, keepdim=True)
+    probs = logits.sub_(row_max).exp_()
+    sum_exp = probs.sum(dim=1, keepdim=True)
+    return row_max.squeeze(1) + sum_exp.log().squeeze(1) - target_logit, probs.div_(sum_exp)
+
+
 def fused_nll_sum(hidden, weight, bias, targets, tau, chunk_size=None, weights=None):
     """Summed tau-scaled NLL of targets given final hidden states (each token's times weights, if given), without
     [N x V] logits."""
@@ -89,8 +102,8 @@ def fused_entropy_sum(hidden, weight, bias, tau, chunk_size=None):
     chunk_size = chunk_size or default_chunk_size(weight)
 
     def chunk_entropy(h):  # (C, H) -> the summed entropy of its C next-token distributions
-        logp = F.log_softmax(F.linear(h, weight, bias).float() / tau, dim=-1)  # (C, V)
-        return -(logp.exp() * logp).sum()
+        scaled = F.linear(h, weight, bias).float() / tau  # (C, V)
+        return -(F.softmax(scaled, dim=-1) * F.log_softmax(scaled, dim=-1)).sum()  # no exp(): see softmax_rows_
     total = hidden.sum() * 0.0 + weight.sum() * 0.0  # with no rows: zero, still in the graph (DDP, optimizers)
     for s in range(0, hidden.shape[0], chunk_size):
         total = total + checkpoint(chunk_entropy, hidden[s:s + chunk_size], use_reentrant=False)

@@ -7,9 +7,9 @@ import sys
 
 import torch
 
-from plumbing import UsageError
+from plumbing import UsageError, cli
 from plumbing.distributed import ddp_rank
-from plumbing.models import first_line
+from plumbing.models import TORCH_DTYPES, LossScaler, first_line
 
 GPU_BUDGET_GB = 6.0  # so the defaults run on an 8 GB card; a smaller card gets 80% of its memory
 
@@ -18,13 +18,14 @@ GPU_BUDGET_GB = 6.0  # so the defaults run on an 8 GB card; a smaller card gets 
 class Plan:
     """How a round is cut to fit the device. Read by the loop; an out-of-memory retry changes it (changes)."""
     sampler: str               # 'fast' (a merged copy of the policy) or 'plain' (the training model itself)
-    dtype: str                 # 'fp32' or 'bf16': the frozen weights, the computation and the sampler's copy
+    dtype: str                 # 'fp32', 'bf16' or 'fp16': the frozen weights, the computation, the sampler's copy
     gen_batch_size: int        # prompts per generate call
     micro_batch_tokens: int    # padded tokens per forward/backward
     grad_checkpointing: bool
-    static_cache: bool         # the fast sampler on CUDA: a preallocated KV cache, compiled forward
+    static_cache: bool         # the fast sampler on a GPU of compute capability 8.0+: a static KV cache, compiled forward
     text: str = ""             # the plan as one line, printed at the start
     changes: dict = dataclasses.field(default_factory=dict)  # flag -> size, since the last metrics row
+    scaler: LossScaler = dataclasses.field(default_factory=LossScaler)  # fp16's loss scaling (disabled otherwise)
 
     def as_flags(self):
         """The plan's values under the names of the flags they resolve (saved in config.json)."""
@@ -33,7 +34,10 @@ class Plan:
                 else "off"}
 
     def take_changes(self):
+        """What an out-of-memory retry changed since the last metrics row, and with fp16 the updates skipped."""
         changes, self.changes = self.changes, {}
+        if self.scaler.is_enabled():
+            changes["fp16_skipped_updates"], self.scaler.skipped = self.scaler.skipped, 0
         return changes
 
 
@@ -46,7 +50,7 @@ ACTIVATIONS_PER_TOKEN = {False: 7.35, True: 2.6}  # gradient checkpointing off /
 UPDATE_FIXED = {False: 0.8, True: 0.0}  # x the weights' bytes
 # bf16 does not halve them on a CPU: whole bf16 rounds (LoRA, 16 x 256 tokens) grew 2.5 GiB per 1,024 tokens of
 # micro-batch, 1.3x two bytes a number (norms and softmax keep fp32 copies): counted as three bytes, which covers it.
-ACTIVATION_BYTES = {"fp32": 4, "bf16": 3}
+ACTIVATION_BYTES = {"fp32": 4, "bf16": 3, "fp16": 3}
 # On a CPU, larger micro-batches are slower, not faster: bf16 rounds of the 0.5B (LoRA, 16 x 256 tokens, 2 cores)
 # took 159 s at 1,024 tokens, 174 s at 2,048 and 214 s at 4,096 (experiments/bench_round.py --micro-batches).
 CPU_MICRO_BATCH_TOKENS = 1024
@@ -92,10 +96,34 @@ def available_ram_gb():
 
 
 def peak_rss_gb():
-    """This process's peak resident memory so far (Linux, macOS)."""
-    import resource
+    """This process's peak resident memory so far: Linux and macOS (resource), Windows (its peak working set), else
+    None, which the metrics row keeps as null ("not measured")."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return _windows_peak_gb() if sys.platform == "win32" else None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2 ** (30 if sys.platform == "darwin" else 20)
+
+
+def _windows_peak_gb():
+    """PeakWorkingSetSize from the Win32 call GetProcessMemoryInfo, through ctypes (no new dependency)."""
+    import ctypes
+    from ctypes import wintypes
+
+    class Counters(ctypes.Structure):
+        _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD)] + [
+            (name, ctypes.c_size_t) for name in ("PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage",
+                                                 "QuotaPagedPoolUsage", "QuotaPeakNonPagedPoolUsage",
+                                                 "QuotaNonPagedPoolUsage", "PagefileUsage", "PeakPagefileUsage")]
+    try:
+        counters = Counters(cb=ctypes.sizeof(Counters))
+        process = ctypes.windll.kernel32.GetCurrentProcess()
+        if not ctypes.windll.psapi.GetProcessMemoryInfo(process, ctypes.byref(counters), counters.cb):
+            return None
+        return counters.PeakWorkingSetSize / 2 ** 30
+    except (AttributeError, OSError):
+        return None
 
 
 def plan_memory(args, model_path, world=1):
@@ -114,7 +142,7 @@ def plan_memory(args, model_path, world=1):
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     text = config.get_text_config()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    cuda, dtype_bytes = args.device == "cuda", 2 if args.dtype == "bf16" else 4
+    cuda, dtype_bytes = args.device == "cuda", 2 if args.dtype in ("bf16", "fp16") else 4
     kv_heads = getattr(text, "num_key_value_heads", text.num_attention_heads)
     kv_per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
     if args.memory_budget_gb:
@@ -156,6 +184,7 @@ def plan_memory(args, model_path, world=1):
         mmap_mb = next((mb for mb in MMAP_THRESHOLDS_MB if peak(sampler, ckpt, micro) + heap_gb(mb) <= 0.9 * budget),
                        min(MMAP_THRESHOLDS_MB))
         return_freed_memory(mmap_mb)  # before the model is loaded: the estimate assumes it
+    static_cache = sampler == "fast" and cuda and compiled_sampler_works()
     size = f"{n_params / 1e6:.2f}M" if n_params < 1e7 else f"{n_params / 1e6:.0f}M"
     line = (f"plan: {size} parameters, {args.finetune}, sampler {sampler}, generation batches of "
             f"{prompts} prompts, micro-batches of {micro} tokens, gradient checkpointing {'on' if ckpt else 'off'}")
@@ -163,7 +192,10 @@ def plan_memory(args, model_path, world=1):
         from plumbing import floatpath
         line += f", {args.dtype}; {floatpath.status}"
     elif cuda:
-        line += (f"; estimated GPU memory: weights {weights_gb:.1f} GB + sampler copy "
+        line += (f", {cli.dtype_reason('cuda', args.dtype)}"
+                 + ("" if static_cache or sampler != "fast" else ", dynamic KV cache (no compiled static cache below "
+                    "compute capability 8.0)")
+                 + f"; estimated GPU memory: weights {weights_gb:.1f} GB + sampler copy "
                  f"{merged_gb if sampler == 'fast' else 0:.1f} GB + KV cache {kv_gb(prompts):.1f} GB, budget "
                  f"{budget:.1f} GB")
     else:
@@ -176,7 +208,15 @@ def plan_memory(args, model_path, world=1):
                   "killed for memory resumes with --resume from its last checkpoint)", file=sys.stderr)
     if world > 1:
         line += f"; {world} processes (torchrun), each with its share of every round"
-    return Plan(sampler, args.dtype, prompts, micro, ckpt, static_cache=sampler == "fast" and cuda, text=line)
+    return Plan(sampler, args.dtype, prompts, micro, ckpt, static_cache=static_cache, text=line,
+                scaler=LossScaler(args.dtype, args.device))
+
+
+def compiled_sampler_works(capability=None):
+    """The static KV cache with its compiled forward only from compute capability 8.0: below it (a T4, a V100) Inductor
+    refuses bf16, and transformers itself skips its static-cache compile tests on a T4. There the fast sampler keeps
+    a dynamic cache (the fallback in Sampler stays for failures elsewhere)."""
+    return (capability or cli.cuda_capability()) >= cli.NATIVE_BF16_CAPABILITY
 
 
 def micro_batches(rollouts, max_tokens):
@@ -229,7 +269,7 @@ class Sampler:
         self.trained, self.plan, self.merged = model, plan, None
         if plan.sampler == "fast":
             try:
-                self.merged = MergedSampler(model, torch.bfloat16 if plan.dtype == "bf16" else torch.float32)
+                self.merged = MergedSampler(model, TORCH_DTYPES[plan.dtype])
             except Exception as e:  # noqa: BLE001 - any failure of the fast path: take the reference path
                 self.fall_back(e)
 

@@ -68,15 +68,37 @@ def layers_kept_out_of_4bit(path):
     return [n for n, m in linears if m is head] + [n for n, _ in unfit], unfit
 
 
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class LossScaler(torch.amp.GradScaler):
+    """fp16 training needs loss scaling (its small gradients underflow without it): torch's GradScaler, which skips an
+    update whose gradients overflowed and halves its scale. For any other dtype it is disabled and passes everything
+    through. It counts the updates it skipped (the metrics rows' fp16_skipped_updates)."""
+
+    def __init__(self, dtype="fp32", device="cpu"):
+        super().__init__(device, enabled=dtype == "fp16")
+        self.skipped = 0
+
+    def update(self, new_scale=None):
+        scale = self.get_scale()
+        super().update(new_scale)
+        self.skipped += int(self.is_enabled() and self.get_scale() < scale)  # the scale backs off only on overflow
+
+
+NO_LOSS_SCALING = LossScaler()
+
+
 def load_model(path, finetune, device, lora_rank=16, lora_dropout=0.05, grad_checkpointing=False, dtype=None):
     """(model, tokenizer). finetune: 'full' (fp32 weights, all trained), 'lora', 'qlora' (4-bit NF4
     base + LoRA), or 'none' (as stored, for evaluation). dtype: of the frozen weights and the computation
-    ('fp32' or 'bf16'; default bf16 for LoRA/QLoRA on CUDA, else fp32); LoRA weights are fp32 whatever it is."""
+    ('fp32', 'bf16' or 'fp16'; default bf16 for LoRA/QLoRA on CUDA, else fp32; cli.native_dtype is the rule the
+    scripts pass); LoRA weights are fp32 whatever it is."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         dtype = dtype or ("bf16" if device == "cuda" and finetune != "full" else "fp32")
-        kwargs = {"dtype": {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]}
+        kwargs = {"dtype": TORCH_DTYPES[dtype]}
         if finetune == "qlora":
             from transformers import BitsAndBytesConfig
             skip, unfit = layers_kept_out_of_4bit(path)

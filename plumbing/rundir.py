@@ -56,6 +56,7 @@ class RunDir:
         self.metrics_path = os.path.join(self.out, "metrics.jsonl")
         self.samples_path = os.path.join(self.out, "samples.jsonl")
         self.start, self.last_saved, self.rows, self.offline_data = 0, 0, [], None
+        self.plan, self.scaler_state = None, None  # set by open() and by resume()
         self.last_save_time = time.time()
 
     def resume(self, model, optimizer, scheduler):
@@ -72,6 +73,7 @@ class RunDir:
         start, rounds = state["round"], self.args.rounds
         self.start = self.last_saved = start
         self.rows, self.offline_data = state["rows"], state["offline_data"]
+        self.scaler_state = state.get("scaler")  # fp16's loss scale, restored into the plan by open()
         if isinstance(self.offline_data, dict):  # saved before runs could have several processes
             self.offline_data = [self.offline_data]
         if rounds < start:
@@ -91,6 +93,9 @@ class RunDir:
     def open(self, plan):
         """Write config.json (the settings, with the plan's values), and metrics and samples as of the checkpoint:
         the rows of a killed round are redone."""
+        self.plan = plan
+        if self.scaler_state and plan.scaler.is_enabled():
+            plan.scaler.load_state_dict(self.scaler_state)
         if not self.main_rank:
             return
         if self.args.overwrite and os.path.isdir(self.out):
@@ -125,7 +130,8 @@ class RunDir:
         more after the last checkpoint: with a real model on a CPU no finished round is lost to a kill."""
         due = round_ % self.args.save_every == 0 or round_ == self.args.rounds
         if self.main_rank and (due or time.time() - self.last_save_time >= CHECKPOINT_EVERY_S):
-            save_checkpoint(self.out, model, optimizer, scheduler, round_, self.offline_data, self.rows)
+            save_checkpoint(self.out, model, optimizer, scheduler, round_, self.offline_data, self.rows,
+                            self.plan.scaler.state_dict())
             self.last_saved, self.last_save_time = round_, time.time()
 
     def finish(self, model, tokenizer):
@@ -147,11 +153,11 @@ class RunDir:
               f"metrics in {self.metrics_path}")
 
 
-def save_checkpoint(out, model, optimizer, scheduler, round_, offline_data, rows):
+def save_checkpoint(out, model, optimizer, scheduler, round_, offline_data, rows, scaler_state=None):
     """Everything a resumed run needs to continue exactly: weights being trained, optimizer, schedule,
-    random states, the offline data (if any) and the metrics rows so far."""
+    random states, the offline data (if any), the metrics rows so far and fp16's loss scale (if any)."""
     state = {"round": round_, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "offline_data": offline_data, "rows": rows,
+             "scheduler": scheduler.state_dict(), "offline_data": offline_data, "rows": rows, "scaler": scaler_state,
              "rng": {"python": random.getstate(), "torch": torch.get_rng_state(),
                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
     path, prev = (os.path.join(out, name) for name in CHECKPOINTS)

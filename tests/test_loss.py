@@ -39,6 +39,19 @@ def test_fused_matches_reference_loss_and_grads_fp32(tau, chunk, with_bias):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("softmax_kernels", [True, False])  # a CPU's route (vendor-independent bits), a GPU's
+def test_both_routes_of_the_chunk_kernel_match_the_reference(softmax_kernels):
+    from plumbing.fused import nll_and_softmax_
+    torch.manual_seed(0)
+    logits, targets = 4 * torch.randn(30, 70), torch.randint(0, 70, (30,))
+    reference_nll = -F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+    reference_probs = F.softmax(logits, dim=1)
+    buffer = logits.clone()
+    nll, probs = nll_and_softmax_(buffer, targets, softmax_kernels)
+    assert probs.data_ptr() == buffer.data_ptr()  # in place: one (C, V) buffer, whichever route
+    assert torch.allclose(nll, reference_nll, atol=1e-5) and torch.allclose(probs, reference_probs, atol=1e-6)
+
+
 def test_fused_bf16_close_to_fp32_reference():
     torch.manual_seed(0)
     hidden = torch.randn(40, 32).bfloat16().requires_grad_()

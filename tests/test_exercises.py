@@ -1,5 +1,7 @@
 """The course kit's exercises (notebooks/exercises/): the project's reference implementations pass every check,
-the stubs fail as 'not written yet', and each classic mistake, planted, fails with a hint that names its trap."""
+the stubs fail as 'not written yet', each classic mistake, planted, fails with a hint that names its trap, and a
+class's files are graded out of 5. The student's own file (exercises.py) is never read here: whatever a student wrote
+there, this suite stays green."""
 import math
 import os
 import re
@@ -13,7 +15,7 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "notebooks", "exercises"))
 import check  # noqa: E402
-import exercises  # noqa: E402
+import stubs  # noqa: E402  (the exercises as shipped; a student writes in a copy, exercises.py)
 
 import sept_mini as sm  # noqa: E402
 
@@ -31,14 +33,40 @@ def test_the_reference_passes_every_case(name):
 
 @pytest.mark.parametrize("name", check.NAMES)
 def test_each_stub_fails_as_not_written_yet(name):
-    passed, message = outcome(name, getattr(exercises, name))
+    passed, message = outcome(name, getattr(stubs, name))
     assert not passed and "not written yet" in message
 
 
+SOLVED = """import check
+last_boxed, pass_at_k, tau_sample_at, answer_loss, sept_round = (check.REFERENCE[name] for name in check.NAMES)
+"""
+
+
+def test_a_class_is_graded_out_of_five(tmp_path):
+    solved, stub = tmp_path / "solved.py", tmp_path / "stub.py"
+    solved.write_text(SOLVED)
+    stub.write_text(open(check.STUBS).read())
+    lines = []
+    assert check.grade([str(solved), str(stub)], log=lines.append) == {str(solved): 5, str(stub): 0}
+    assert lines[0].startswith(f"{solved}: 5/5") and lines[1] == f"{stub}: 0/5"
+
+
+def test_start_copies_the_stubs_once_and_never_over_a_students_work(tmp_path):
+    mine = tmp_path / "exercises.py"
+    check.start(str(mine), log=lambda line: None)
+    assert "raise NotImplementedError" in mine.read_text() and "your file" in mine.read_text()
+    mine.write_text("# my work\n")
+    check.start(str(mine), log=lambda line: None)
+    assert mine.read_text() == "# my work\n"
+
+
 @pytest.mark.slow
-def test_the_command_checks_one_exercise_and_fails_on_a_stub():
+def test_the_command_checks_one_exercise_and_fails_on_a_stub(tmp_path):
     script = os.path.join(ROOT, "notebooks", "exercises", "check.py")
-    done = subprocess.run([sys.executable, script, "pass_at_k"], capture_output=True, text=True, cwd=ROOT)
+    stub = tmp_path / "stub.py"
+    stub.write_text(open(check.STUBS).read())
+    done = subprocess.run([sys.executable, script, "pass_at_k", "--file", str(stub)], capture_output=True, text=True,
+                          cwd=ROOT)
     assert done.returncode == 1 and "pass_at_k: not written yet" in done.stdout
     done = subprocess.run([sys.executable, script, "pass_at_k", "--reference"], capture_output=True, text=True)
     assert done.returncode == 0 and "pass_at_k: every case passes" in done.stdout
@@ -109,12 +137,18 @@ def tau_unclamped(round_, rounds, tau_start, tau_train, anneal):
     return tau_start + (tau_train - tau_start) * ((round_ - 1) / rounds) / (2 / 3)
 
 
+def tau_whole_rounds(round_, rounds, tau_start, tau_train, anneal):
+    if anneal == "none":
+        return tau_start
+    return tau_start + (tau_train - tau_start) * min(1.0, (round_ - 1) / int(2 * rounds / 3))
+
+
 def tau_always_annealed(round_, rounds, tau_start, tau_train, anneal):
     return sm.tau_sample_at(round_, rounds, tau_start, tau_train, "paper")
 
 
 def loss_with(model, rollouts, pad_id, tau_train, temperature=True, mask_by_id=False, score_prompt=False,
-              no_shift=False, pad_between=False, per_row=False, as_float=False):
+              no_shift=False, pad_between=False, per_row=False, as_float=False, as_sum=False, flat_logits=False):
     """A plain answer loss with one classic mistake switched on."""
     width = max(len(r["prompt_ids"]) for r in rollouts)
     rows, masks = [], []
@@ -132,12 +166,14 @@ def loss_with(model, rollouts, pad_id, tau_train, temperature=True, mask_by_id=F
     if mask_by_id:
         scored &= input_ids != pad_id
     logits = model(input_ids=input_ids, attention_mask=attention).logits / (tau_train if temperature else 1.0)
+    if flat_logits:  # a shape slip: (B * T, V) logits gathered with (B, T) ids
+        logits = logits.reshape(-1, logits.shape[-1])
     if no_shift:
         logp, targets, scored = logits.log_softmax(-1), input_ids, scored
     else:
         logp, targets, scored = logits[:, :-1].log_softmax(-1), input_ids[:, 1:], scored[:, 1:]
     nll = -logp.gather(2, targets[..., None]).squeeze(2) * scored
-    loss = (nll.sum(1) / scored.sum(1)).mean() if per_row else nll.sum() / scored.sum()
+    loss = (nll.sum(1) / scored.sum(1)).mean() if per_row else nll.sum() if as_sum else nll.sum() / scored.sum()
     return loss.item() if as_float else loss
 
 
@@ -174,9 +210,12 @@ PLANTED = {
     "tau_sample_at: rounds from 0": ("tau_sample_at", tau_zero_based, "rounds count from 1"),
     "tau_sample_at: anneals over all rounds": ("tau_sample_at", tau_over_all_rounds, "TWO THIRDS"),
     "tau_sample_at: rises past tau_train": ("tau_sample_at", tau_unclamped, "never above it"),
+    "tau_sample_at: two thirds rounded to whole rounds": ("tau_sample_at", tau_whole_rounds, "not a whole number"),
     "tau_sample_at: ignores 'none'": ("tau_sample_at", tau_always_annealed, "'none' keeps"),
     "answer_loss: temperature missing": ("answer_loss", planted_loss(temperature=False), "temperature is missing"),
     "answer_loss: EOS masked out with pad": ("answer_loss", planted_loss(mask_by_id=True), "stop token must be scored"),
+    "answer_loss: the sum, not the mean": ("answer_loss", planted_loss(as_sum=True), "MEAN of -log p"),
+    "answer_loss: a shape error": ("answer_loss", planted_loss(flat_logits=True), "check the shapes at that line"),
     "answer_loss: prompt scored": ("answer_loss", planted_loss(score_prompt=True), "prompt is not scored"),
     "answer_loss: no shift": ("answer_loss", planted_loss(no_shift=True), "one position before it"),
     "answer_loss: right-padded prompts": ("answer_loss", planted_loss(pad_between=True), "never between prompt"),

@@ -1,19 +1,26 @@
-"""Checks for notebooks/exercises/exercises.py: each exercise against the project's reference implementation, on
-cases built to catch this field's classic mistakes. A failing case prints the trap it catches, as a hint.
+"""Checks for the SePT exercises: each exercise against the project's reference implementation, on cases built to
+catch this field's classic mistakes. A failing case prints the trap it catches, as a hint.
 
+    python notebooks/exercises/check.py --start              # your own file: exercises.py, copied from stubs.py
     python notebooks/exercises/check.py last_boxed           # one exercise (last_boxed, pass_at_k, tau_sample_at,
     python notebooks/exercises/check.py all                  #   answer_loss, sept_round), or all five
     python notebooks/exercises/check.py all --reference      # the reference passes every case
+    python notebooks/exercises/check.py --grade alice.py bob.py   # a class: each student's file, scored out of 5
+    python -m pytest notebooks/exercises                     # the same checks as tests (EXERCISES=FILE: another file)
 
-From a notebook in notebooks/: `from exercises import check; check.run("pass_at_k")`. Each check takes a few
-seconds on a CPU (the loss and the round use a tiny random model, built here).
+Students write in notebooks/exercises/exercises.py, their own copy of stubs.py (git ignores it; the first check
+makes it if --start did not), so the project's own tests never see a student's work. From a notebook in
+notebooks/: `from exercises import check; check.run("pass_at_k")`. Each check takes a few seconds on a CPU (the loss
+and the round use a tiny random model, built here).
 """
 import argparse
 import copy
-import importlib
+import importlib.util
 import math
 import os
+import shutil
 import sys
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -28,6 +35,31 @@ import toy_world  # noqa: E402
 from plumbing import console  # noqa: E402
 
 NAMES = ("last_boxed", "pass_at_k", "tau_sample_at", "answer_loss", "sept_round")
+STUBS = os.path.join(HERE, "stubs.py")          # the exercises as shipped: never written in
+STUDENT_FILE = os.path.join(HERE, "exercises.py")  # a student's own copy (git ignores it)
+
+
+def start(path=STUDENT_FILE, log=print):
+    """Copy the stubs to the student's file, unless it exists (a student's work is never overwritten)."""
+    if os.path.exists(path):
+        log(f"{os.path.relpath(path)} exists already: write your functions there")
+        return path
+    with open(STUBS) as f:
+        text = f.read().replace("the stubs. Do not write in this file: your own copy is notebooks/exercises/"
+                                "exercises.py.", "your file, copied from stubs.py. Write each function here.", 1)
+    with open(path, "w") as f:
+        f.write(text)
+    log(f"wrote {os.path.relpath(path)} (a copy of the stubs): write your functions there")
+    return path
+
+
+def load(path):
+    """A student's exercises file as a module, loaded afresh (a notebook sees each edit)."""
+    name = "exercises_" + str(abs(hash(os.path.abspath(path))))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class Failed(AssertionError):
@@ -36,13 +68,23 @@ class Failed(AssertionError):
 
 def case(name, hint, passed):
     """One case: `passed` is a function returning True when the answer is right. A raise counts as wrong, except
-    NotImplementedError, which means the exercise is not written yet."""
+    NotImplementedError, which means the exercise is not written yet. The message shows the line that raised; a
+    shape error is a slip in the code, not one of the traps, so it gets a hint about shapes instead of the case's."""
     try:
         ok = passed()
     except NotImplementedError:
         raise
     except Exception as e:
-        raise Failed(f"case '{name}' raised {type(e).__name__}: {e}\n  hint: {hint}") from None
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename != __file__
+                  and "site-packages" not in f.filename and os.sep + "torch" + os.sep not in f.filename]
+        where = f"\n  at {os.path.basename(frames[-1].filename)} line {frames[-1].lineno}: {frames[-1].line}" \
+            if frames else ""
+        shapes = isinstance(e, (RuntimeError, IndexError, ValueError)) and any(
+            word in str(e) for word in ("size", "shape", "dimension", "Dimension", "index"))
+        if shapes:
+            hint = ("a shape error in the code, not one of this field's traps: check the shapes at that line (logits "
+                    "are (B, T, V), ids and masks (B, T)) and run it by hand on the case")
+        raise Failed(f"case '{name}' raised {type(e).__name__}: {e}{where}\n  hint: {hint}") from None
     if not ok:
         raise Failed(f"case '{name}' is wrong\n  hint: {hint}")
 
@@ -125,6 +167,9 @@ def check_tau_sample_at(fn):
          "rounds (round 11) tau_sample is half way from tau_start to tau_train", same(11, 30, 0.6, 1.0, "paper"))
     case("after two thirds", "once two thirds of the rounds are done tau_sample stays at tau_train (coupled), and is "
          "never above it", lambda: all(same(r, 30, 0.6, 1.0, "paper")() for r in (21, 25, 30)))
+    case("100 rounds", "two thirds of 100 rounds is 66.7, not a whole number of rounds: compare the fraction of "
+         "rounds done with 2/3, do not round 2 * rounds / 3", lambda: all(same(r, 100, 0.6, 1.0, "paper")()
+                                                                          for r in range(1, 101)))
 
 
 def value(x):
@@ -150,6 +195,11 @@ def check_answer_loss(fn):
         return lambda: math.isclose(value(fn(model, rollouts, pad, tau)), value(REFERENCE["answer_loss"](
             model, rollouts, pad, tau)), rel_tol=1e-4)
     one = [{"prompt_ids": ids("31+5-2:"), "answer_ids": ids("31+5=36;36-2=34;")}]  # cut off: no stop token
+    n_answer = len(one[0]["answer_ids"])
+    case("a mean, not a sum", "return the MEAN of -log p over the answer tokens (divide the sum by their number, "
+         f"{n_answer} here): a sum grows with the answer's length", lambda: not math.isclose(
+             value(fn(model, one, pad, 1.0)), n_answer * value(REFERENCE["answer_loss"](model, one, pad, 1.0)),
+             rel_tol=1e-3))
     case("one answer", "score the answer tokens only, each by the logits one position before it (logits[:, t] "
          "predict token t+1): the prompt is not scored", same(one, 1.0))
     case("training temperature", "the temperature is missing: divide the logits by tau_train before the "
@@ -227,12 +277,14 @@ CHECKS = {"last_boxed": check_last_boxed, "pass_at_k": check_pass_at_k, "tau_sam
           "answer_loss": check_answer_loss, "sept_round": check_sept_round}
 
 
-def run(name, fn=None, reference=False, log=print):
-    """Check one exercise (the student's function from exercises.py, or `fn`): True when every case passes.
-    Prints one line when it passes, or the failing case and its hint."""
+def run(name, fn=None, reference=False, log=print, path=None):
+    """Check one exercise (the function `name` from the student's file, or from `path`, or `fn`): True when every
+    case passes. Prints one line when it passes, or the failing case and its hint."""
     console.quiet_libraries()
-    if fn is None:
-        fn = REFERENCE[name] if reference else getattr(importlib.reload(importlib.import_module("exercises")), name)
+    if fn is None and reference:
+        fn = REFERENCE[name]
+    elif fn is None:
+        fn = getattr(load(path or (STUDENT_FILE if os.path.exists(STUDENT_FILE) else start(log=log))), name)
     try:
         CHECKS[name](fn)
     except NotImplementedError:
@@ -245,12 +297,37 @@ def run(name, fn=None, reference=False, log=print):
     return True
 
 
+def grade(paths, log=print):
+    """Each file scored out of 5, one line each: {path: number of exercises whose every case passes}."""
+    scores = {}
+    for path in paths:
+        lines = []
+        passed = [name for name in NAMES if run(name, path=path, log=lines.append)]
+        scores[path] = len(passed)
+        log(f"{path}: {len(passed)}/{len(NAMES)}" + (f" ({', '.join(passed)})" if passed else ""))
+    return scores
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Check the SePT exercises in notebooks/exercises/exercises.py.")
-    p.add_argument("name", choices=[*NAMES, "all"], help="the exercise to check, or all")
+    p = argparse.ArgumentParser(description="Check the SePT exercises in notebooks/exercises/exercises.py (your copy "
+                                "of stubs.py).")
+    p.add_argument("name", nargs="?", choices=[*NAMES, "all"], help="the exercise to check, or all")
     p.add_argument("--reference", action="store_true", help="check the project's reference implementations instead")
+    p.add_argument("--file", default=None, help="check this file instead of notebooks/exercises/exercises.py")
+    p.add_argument("--start", action="store_true", help="copy the stubs to notebooks/exercises/exercises.py (never "
+                   "over an existing file)")
+    p.add_argument("--grade", nargs="+", metavar="FILE", help="score each file out of 5 (a class's work)")
     args = p.parse_args(argv)
-    results = [run(name, reference=args.reference) for name in (NAMES if args.name == "all" else [args.name])]
+    if args.start:
+        start()
+        return 0
+    if args.grade:
+        scores = grade(args.grade)
+        return 0 if all(score == len(NAMES) for score in scores.values()) else 1
+    if not args.name:
+        p.error("name an exercise (or all), or pass --start or --grade")
+    results = [run(name, reference=args.reference, path=args.file)
+               for name in (NAMES if args.name == "all" else [args.name])]
     return 0 if all(results) else 1
 
 

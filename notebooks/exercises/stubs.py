@@ -1,5 +1,6 @@
-"""Five SePT exercises: write each function below, then check it.
+"""Five SePT exercises: the stubs. Do not write in this file: your own copy is notebooks/exercises/exercises.py.
 
+    python notebooks/exercises/check.py --start        # copies these stubs to exercises.py, your file (once)
     python notebooks/exercises/check.py pass_at_k      # one exercise: passes, or names the trap you fell into
     python notebooks/exercises/check.py all            # all five
     python notebooks/exercises/check.py all --reference    # the project's own functions pass them all
@@ -7,6 +8,7 @@
 Each function replaces a `raise NotImplementedError`. The checks compare what you return with the project's
 reference implementation (named in each docstring: read it only after you tried) on cases built to catch the
 classic mistakes of this field. Suggested order: last_boxed, pass_at_k, tau_sample_at, answer_loss, sept_round.
+Your exercises.py is yours alone (git ignores it): the project's tests never read it, whatever is in it.
 """
 import math  # noqa: F401  (you may want it)
 

@@ -130,3 +130,14 @@ def test_an_fp32_or_bf16_run_has_no_loss_scaling():
         loss = torch.tensor(2.0)
         assert scaler.scale(loss) is loss  # passed through
     assert memory.Plan("plain", "fp32", 8, 100, False, False).take_changes() == {}  # no fp16 column in the rows
+
+
+def test_the_cards_table_plans_each_card_and_labels_its_time_an_estimate(capsys, monkeypatch):
+    import sys
+    import plan_cards
+    monkeypatch.setattr(sys, "argv", ["plan_cards.py"])
+    plan_cards.main()
+    out = capsys.readouterr().out
+    t4 = next(line for line in out.splitlines() if line.startswith("T4"))
+    assert "fp16: this GPU has no native bf16" in t4 and "dynamic KV cache" in t4
+    assert out.count("an estimate, not a measurement") == len(plan_cards.CARDS)

@@ -6,8 +6,8 @@
     python eval_math.py --model ./folder --benchmark math500 --data-dir path/to/benchmarks --limit 20
     python eval_math.py --regrade runs/eval/samples.jsonl                            # re-score, no generation
 
-Benchmarks: math500 amc23 aime24 aime25 minerva olympiadbench (hub ids, or files under --data-dir), toy, wordsum, or a
-.parquet/.jsonl path (verl format too). Prints a markdown table per temperature (rows = benchmarks, columns = k);
+Benchmarks: math500 amc23 aime24 aime25 minerva olympiadbench (hub ids, or files under --data-dir), toy, toy-train
+(its training questions), wordsum, or a .parquet/.jsonl path (verl format too). Prints a markdown table per temperature;
 writes --out/results.json and samples.jsonl (every sample, its answer and verdict). Sampling and the prompt are
 sept_mini.py's own, so both tools ask the model the same way; loading lives in plumbing/ (data, rundir).
 """
@@ -75,8 +75,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="eval_math.py", description=__doc__.split("\n")[0])
     a = p.add_argument
     a("--model", default="toy", help="'toy', a local folder, a hub id, or a sept_mini.py run dir (default: toy)")
-    a("--benchmark", default="toy", help="comma-separated: toy, math500, amc23, aime24, aime25, minerva, "
-      "olympiadbench, all (the six), or .parquet/.jsonl paths (default: toy)")
+    a("--benchmark", default="toy", help="comma-separated: toy, toy-train (to choose a temperature), math500, amc23, "
+      "aime24, aime25, minerva, olympiadbench, all (the six), or .parquet/.jsonl paths (default: toy)")
     a("--data-dir", default=None, help="folder with local benchmark files, e.g. math500.parquet (default: the hub)")
     a("--temps", default="1.0", help="comma-separated sampling temperatures; 0 means greedy (default: 1.0)")
     a("--n", type=int, default=8, help="samples per question n; the paper uses 32 (default: 8)")

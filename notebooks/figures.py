@@ -49,11 +49,11 @@ def margin_scatter(before, after, predicted_ratio, one_round=None):
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     ax.scatter(before, after, s=4, alpha=0.3, label="after the SePT run")
     if one_round is not None:
-        ax.scatter(before, one_round, s=4, alpha=0.3, color="tab:green", label="one round trained to its optimum")
+        ax.scatter(before, one_round, s=4, alpha=0.3, color="tab:green", label="one fixed round of samples, many updates")
     top = float(max(before.max(), after.max()))
     ax.plot([0, top], [0, top], "k:", lw=1, label="no change")
     ax.plot([0, top / predicted_ratio], [0, top], "r--", lw=1.5,
-            label=f"one round's optimum: x tau_t/tau_s = {predicted_ratio:.2f}")
+            label=f"population optimum: x tau_t/tau_s = {predicted_ratio:.2f}")
     ax.set(xlabel="margin before (base model)", ylabel="margin after", title="logit margin, top-1 minus runner-up")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -81,8 +81,9 @@ def pass_at_k_curves(curves):
 
 
 def one_round_to_optimum(base, tokenizer, questions, tau_sample, tau_train=1.0, updates=150, lr=1e-3, seed=0):
-    """A copy of `base` trained on ONE round of its own samples at tau_sample (fixed data, many updates),
-    so that it gets close to that round's optimum, which Theorem 1 says is the old logits x tau_t/tau_s."""
+    """A copy of `base` trained on ONE fixed round of its own samples at tau_sample (many updates). Theorem 1's
+    optimum, the old logits x tau_t/tau_s, is that of the model's own distribution sampled without end; a fixed finite
+    round at a low tau_sample pushes towards one-hot margins instead, so this copy shows the direction, not x10."""
     import copy
     model = copy.deepcopy(base)
     prompts = [sm.build_prompt(tokenizer, q["question"], "system") for q in questions]

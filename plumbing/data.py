@@ -204,10 +204,15 @@ def round_questions(pool, round_, per_round, seed):
     return picked
 
 
+TOY_TRAIN = "toy-train"  # the toy's training questions, as a benchmark: to choose a temperature without the held-out
+
+
 def load_benchmark(name, data_dir, limit, seed=0):
-    """A benchmark by name (local file under data_dir first, else the hub), 'toy', or a file path."""
+    """A benchmark by name (local file under data_dir first, else the hub), 'toy', 'toy-train', or a file path."""
     if name in ("toy", WORD_SUMS, WORD_SUM_PROBE):
         return load_questions(name, "test", limit or 500, seed)
+    if name == TOY_TRAIN:
+        return load_questions("toy", "train", limit or 500, seed)
     if name in BENCHMARKS:
         hub_id, split, files = BENCHMARKS[name]
         for stem in files if data_dir else []:
@@ -217,5 +222,5 @@ def load_benchmark(name, data_dir, limit, seed=0):
         return load_questions(hub_id, split, limit)
     if os.path.splitext(name)[1] in (".parquet", ".jsonl", ".json"):
         return load_questions(name, limit=limit)
-    raise UsageError(f"unknown benchmark '{name}': use one of {', '.join(['toy', *BENCHMARKS])}, 'all', or a "
+    raise UsageError(f"unknown benchmark '{name}': use one of {', '.join(['toy', TOY_TRAIN, *BENCHMARKS])}, 'all', or a "
                      ".parquet/.jsonl path")

@@ -5,7 +5,8 @@ no verifier, no teacher. Every round it samples answers at tau_sample, then does
 with the logits divided by tau_train. With tau_sample < tau_train this sharpens the model's own
 preferences (docs/theory.md); with tau_sample = tau_train the expected gradient is zero.
 
-    pip install torch==2.13.0 && pip install -r requirements.txt
+    pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu   # CPU; with a GPU: no --index-url
+    pip install -r requirements.txt -c constraints.txt
     python sept_mini.py                                  # the toy world on a laptop CPU, ~4 min
     python sept_mini.py --tau-sample 1.0                 # coupled temperatures: no gain
     python sept_mini.py --model Qwen2.5-0.5B             # QLoRA on one GPU (hub access needed)

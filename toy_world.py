@@ -19,9 +19,9 @@ low-temperature samples are wrong about half the time and SePT reinforces the er
     python toy_world.py --greedy-errors 4000 # and count the training questions it answers wrong greedily
 
 Everything is deterministic given the seed, and the same on every x86-64 CPU at any thread count: the toy's
-float path is pinned to AVX2 kernels (plumbing/floatpath.py; SEPT_FREE_FLOAT_PATH=1 frees it). Elsewhere (Apple
+float path is pinned (plumbing/floatpath.py; SEPT_FREE_FLOAT_PATH=1 frees it), on Intel as on AMD. Elsewhere (Apple
 silicon, a GPU) another base model comes out, which is why results are also quoted over several seeds.
-The build takes about two minutes on 2 CPU cores (117-143 s measured) and is cached under --cache-dir (default
+The build takes about two minutes on 2 CPU cores (133 s measured on an AMD EPYC) and is cached under --cache-dir (default
 $XDG_CACHE_HOME/sept-mini, i.e. ~/.cache/sept-mini); a partial or corrupt cache is rebuilt.
 """
 import argparse

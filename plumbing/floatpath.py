@@ -86,7 +86,10 @@ def adamw_options():
 def _round_rotary_once():
     """Qwen2's rotary cos and sin in float64, rounded once to the model's dtype (see the module docstring). The
     angles are transformers' own float32 ones, so the result is the correctly rounded cos and sin of them."""
+    import warnings
+
     import torch
+    warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto in Jupyter, as console.quiet_libraries
     from transformers.models.qwen2 import modeling_qwen2
 
     def forward(self, x, position_ids):

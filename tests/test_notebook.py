@@ -81,6 +81,6 @@ def test_lesson_3_in_class_reads_the_published_table_from_a_fresh_clone(tmp_path
     execute(nb, timeout=300)
     shown = "".join(o.get("text", "") for o in outputs(nb))
     readme = open(os.path.join(NOTEBOOKS, "..", "README.md")).read()
-    gain = re.search(r"\| online \(SePT\) \| [^|]+ \| \*\*([^*]+)\*\*", readme).group(1)  # the README's online gain
+    gain = re.search(r"\| online \(SePT\) \| [^|]+ \| \*\*\+([^*]+)\*\*", readme).group(1)  # the README's online gain
     assert "data/toy_table.json" in shown and f"**{gain}**" in shown, (gain, shown[:2000])
     assert not (tmp_path / "no-runs").exists()  # nothing was started

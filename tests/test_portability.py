@@ -27,9 +27,9 @@ def test_peak_memory_is_not_measured_without_resource(monkeypatch):
 def test_the_toy_runs_a_round_without_resource(tmp_path):
     """`python sept_mini.py --rounds 1 --eval-every 0` (on a short toy base), with `import resource` failing."""
     cache, out = tmp_path / "cache", tmp_path / "run"
-    argv = scripts_command(["toy_world.py", "--steps", "30", "--cache-dir", str(cache)],
+    argv = scripts_command(["toy_world.py", "--steps", "3", "--cache-dir", str(cache)],
                            ["sept_mini.py", "--cache-dir", str(cache), "--out", str(out), "--rounds", "1",
-                            "--eval-every", "0", "--prompts-per-round", "16"])
+                            "--eval-every", "0", "--prompts-per-round", "8"])
     argv[2] = WITHOUT_RESOURCE + argv[2]
     code, stdout, stderr = side_by_side({"run": (argv, dict(os.environ))})["run"]
     assert code == 0, stderr[-2000:]

@@ -32,6 +32,9 @@ def quiet_libraries():
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # before bitsandbytes is first imported (by peft)
     warnings.filterwarnings("ignore", message=r".*(is_gradient_checkpointing|gradient_checkpointing_enable)",
                             category=FutureWarning)
+    # fp16's loss scaler skips an update whose gradients overflowed (counted in the metrics row) while the schedule
+    # advances, which torch reports as a misordered call: the skip is ours, on purpose
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # 'Loading weights' bars: instant for small models
     huggingface_hub.utils.logging.set_verbosity_error()

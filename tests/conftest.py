@@ -86,3 +86,13 @@ def odd_width_model_dir(tmp_path_factory, toy_tokenizer):
 def comparable(rows):
     """Metrics rows without what differs between any two runs (speeds, seconds, peak memory)."""
     return [{k: v for k, v in r.items() if not (k.endswith("_s") or k.startswith("peak_"))} for r in rows]
+
+
+@pytest.fixture(scope="session")
+def qwen05_shape(tmp_path_factory):
+    """A folder with Qwen2.5-0.5B's config only: the plan reads shapes, never weights."""
+    from transformers import Qwen2Config
+    path = tmp_path_factory.mktemp("qwen05-shape")
+    Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=False).save_pretrained(path)
+    return str(path)

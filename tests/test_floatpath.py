@@ -216,7 +216,7 @@ def test_the_default_run_and_each_rival_keep_their_recorded_metrics(runs):
 VECTOR_MATH = {"exp", "exp_", "log", "log_", "log2", "log10", "log1p", "expm1", "sqrt", "sqrt_", "sin", "cos", "tan",
                "tanh", "erf", "erfc", "erfinv", "acos", "asin", "atan", "_foreach_sqrt", "_foreach_exp", "_foreach_log"}
 RECORD_KERNELS = r"""
-import collections, json, os, runpy, sys
+import collections, json, sys
 sys.path.insert(0, ".")
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -231,14 +231,8 @@ class Record(TorchDispatchMode):
         else:
             seen[f"{name} {tensors[0].dtype if tensors else ''}"] += 1
         return func(*args, **(kwargs or {}))
-with Record():
-    for argv in json.loads(sys.argv[1]):
-        sys.argv = argv
-        try:
-            runpy.run_path(argv[0], run_name="__main__")
-        except SystemExit as e:
-            if e.code:
-                raise
+Record().__enter__()  # for the scripts below, run as SCRIPTS runs them
+""" + SCRIPTS + """
 print("KERNELS", json.dumps(sorted(seen)))
 """
 

@@ -214,16 +214,6 @@ def test_a_failing_merged_sampler_falls_back_to_the_trained_model_with_one_line(
     assert [r["round"] for r in rows] == [r["round"] for r in plain] and all("pass@1" in rows[i] for i in (0, 2))
 
 
-@pytest.fixture(scope="module")
-def qwen05_shape(tmp_path_factory):
-    """A folder with Qwen2.5-0.5B's config only: the plan reads shapes, never weights."""
-    from transformers import Qwen2Config
-    path = tmp_path_factory.mktemp("qwen05-shape")
-    Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=False).save_pretrained(path)
-    return str(path)
-
-
 def cpu_plan(model_dir, budget, **flags):
     import argparse
     args = dict(device="cpu", dtype="fp32", memory_budget_gb=budget, sampler="auto", grad_checkpointing="auto",

@@ -49,29 +49,12 @@ def test_qlora_computes_in_the_chosen_dtype(tiny_model_dir, monkeypatch, dtype, 
     assert seen["dtype"] == torch_dtype and seen["quantization_config"].bnb_4bit_compute_dtype == torch_dtype
 
 
-@pytest.fixture(scope="module")
-def qwen05_shape(tmp_path_factory):
-    from transformers import Qwen2Config
-    path = tmp_path_factory.mktemp("qwen05-shape")
-    Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=False).save_pretrained(path)
-    return str(path)
-
-
-def gpu_plan(model_dir, capability, monkeypatch, budget=6.0):
-    monkeypatch.setattr(cli, "cuda_capability", lambda: capability)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # else torch's GradScaler disables itself
-    args = argparse.Namespace(device="cuda", dtype=cli.native_dtype("cuda", capability), memory_budget_gb=budget,
-                              sampler="auto", grad_checkpointing="auto", micro_batch_tokens=None, gen_batch_size=None,
-                              max_new_tokens=1024, finetune="qlora", model=model_dir)
-    return memory.plan_memory(args, model_dir)
-
-
 @pytest.mark.parametrize("capability, dtype, static_cache", [(T4, "fp16", False), (A100, "bf16", True),
                                                              (H100, "bf16", True)])
-def test_the_plan_names_the_dtype_and_compiles_the_sampler_only_from_sm80(qwen05_shape, monkeypatch, capability,
+def test_the_plan_names_the_dtype_and_compiles_the_sampler_only_from_sm80(qwen05_shape, capability,
                                                                           dtype, static_cache):
-    plan = gpu_plan(qwen05_shape, capability, monkeypatch)
+    import plan_cards  # experiments/plan_cards.py: the plan sept_mini.py makes on a card faked by memory and capability
+    plan = plan_cards.card_plan(qwen05_shape, 15, capability)  # a 15 GB card: the default 6 GB budget
     assert plan.dtype == dtype and plan.sampler == "fast" and plan.static_cache is static_cache
     assert plan.scaler.is_enabled() is (dtype == "fp16")  # loss scaling with fp16 only
     if dtype == "fp16":

@@ -142,7 +142,7 @@ def plan_memory(args, model_path, world=1):
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     text = config.get_text_config()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    cuda, dtype_bytes = args.device == "cuda", 2 if args.dtype in ("bf16", "fp16") else 4
+    cuda, dtype_bytes = args.device == "cuda", TORCH_DTYPES[args.dtype].itemsize
     kv_heads = getattr(text, "num_key_value_heads", text.num_attention_heads)
     kv_per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
     if args.memory_budget_gb:

@@ -75,6 +75,11 @@ def extract_answer(text):
     return found.strip() or None
 
 
+def boxed(text):
+    """True when the text holds a \\boxed{...} whose braces close: the answer format the prompt asks for."""
+    return any(_braced(text, m.end())[0] is not None for m in BOX.finditer(text))
+
+
 def _math_in_prose(s):
     """The math of a sentence: 'So $y \\leq 4$ is the answer.' -> 'y \\leq 4'. Only one piece of math, among words
     that do not negate it; anything else (plain math, several pieces, 'not $2$') stays as it is."""

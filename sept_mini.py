@@ -31,6 +31,7 @@ import random
 import torch
 import torch.nn.functional as F
 
+import grading
 from plumbing import UsageError, cli, console, data, distributed, floatpath, memory, models, rundir
 from plumbing.fused import fused_entropy_sum, fused_nll_sum  # the (tokens x V) logits, one chunk at a time
 from plumbing.memory import micro_batches  # groups of rollouts within a token budget
@@ -98,8 +99,8 @@ def generation_config(tau, max_new_tokens, stop_ids, pad_id, static_cache=False)
 def rollout(model, tokenizer, prompts, tau, max_new_tokens, batch_size=64, stop_ids=None, desc=None,
             static_cache=False):
     """Sample one answer per prompt at temperature tau (0 = greedy) with HF generate.
-    Returns a list of {prompt_ids, answer_ids, truncated}; answer_ids end with the stop token unless
-    the answer was cut at max_new_tokens."""
+    Returns a list of {prompt_ids, answer_ids, truncated, text, entropy}; answer_ids end with the stop token
+    unless the answer was cut at max_new_tokens; entropy: mean over the answer's tokens, in nats, at tau 1."""
     stop_ids = stop_ids or models.stop_token_ids(model, tokenizer)
     config = generation_config(tau, max_new_tokens, stop_ids, tokenizer.pad_token_id, static_cache)
     was_training = model.training
@@ -110,14 +111,17 @@ def rollout(model, tokenizer, prompts, tau, max_new_tokens, batch_size=64, stop_
         enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False,
                         pad_to_multiple_of=64 if static_cache else None)  # few prompt lengths: few compiled shapes
         enc = enc.to(model.device)
-        gen = model.generate(**enc, generation_config=config)  # (B, prompt + new tokens), left-padded
-        for row, mask in zip(gen, enc.attention_mask):
+        entropy = rundir.TokenEntropy()  # the model's own entropy at tau 1 along its answers: a label-free signal
+        gen = model.generate(**enc, generation_config=config, logits_processor=[entropy])  # (B, prompt + new tokens)
+        for row, mask, step_entropy in zip(gen, enc.attention_mask, entropy.by_row()):
             prompt_ids = row[:enc.input_ids.shape[1]][mask.bool()].tolist()
             answer = row[enc.input_ids.shape[1]:].tolist()
             # cut at the FIRST stop token, and keep it: the model must learn to stop (pad may equal EOS)
             end = next((j for j, t in enumerate(answer) if t in stop_ids), None)
-            out.append({"prompt_ids": prompt_ids, "answer_ids": answer[:end + 1] if end is not None else answer,
-                        "truncated": end is None})
+            answer = answer[:end + 1] if end is not None else answer
+            out.append({"prompt_ids": prompt_ids, "answer_ids": answer, "truncated": end is None,
+                        "text": tokenizer.decode(answer, skip_special_tokens=True),
+                        "entropy": step_entropy[:len(answer)].mean().item()})
     model.train(was_training)
     return out
 
@@ -226,15 +230,15 @@ def evaluate(model, tokenizer, questions, style, max_new_tokens, samples, batch_
                          static_cache=static_cache)
         sampled = rollout(model, tokenizer, prompts * samples, 1.0, max_new_tokens, batch_size, desc="eval tau=1",
                           static_cache=static_cache)
-    return {"pass@1": sum(graded(tokenizer, sampled, questions * samples)) / len(sampled),
-            "greedy": sum(graded(tokenizer, greedy, questions)) / len(greedy)}
+    golds = [grading.extract_answer(r["text"]) for r in greedy]  # greedy's own answers: no label is read
+    return {"pass@1": sum(graded(sampled, [q["answer"] for q in questions] * samples)) / len(sampled),
+            "greedy": sum(graded(greedy, [q["answer"] for q in questions])) / len(greedy),
+            "agreement": sum(graded(sampled, golds * samples)) / len(sampled)}  # tau-1 samples that say greedy's
 
 
-def graded(tokenizer, rollouts, questions):
-    """1.0 where grading.py accepts the decoded answer against the question's gold, else 0.0."""
-    import grading
-    return [float(grading.grade(tokenizer.decode(r["answer_ids"], skip_special_tokens=True), q["answer"]))
-            for r, q in zip(rollouts, questions)]
+def graded(rollouts, golds):
+    """1.0 where grading.py accepts the answer against the gold (None: nothing to match), else 0.0."""
+    return [float(gold is not None and grading.grade(r["text"], gold)) for r, gold in zip(rollouts, golds)]
 
 
 # -----------------------------------------------------------------------------
@@ -412,7 +416,7 @@ def grpo_rewards(tokenizer, rollouts, group_size):
     its question's group of `group_size` answers. Returns the round's training reward and its share of flat groups
     (all rewards equal: no signal), over every rank."""
     n_questions = len(rollouts) // group_size
-    rewards = graded(tokenizer, rollouts, [r["question"] for r in rollouts])
+    rewards = graded(rollouts, [r["question"]["answer"] for r in rollouts])
     for i, (r, advantage) in enumerate(zip(rollouts, grpo_advantages(rewards, n_questions))):
         group = rewards[i % n_questions::n_questions]  # the rewards of this answer's question
         r.update(reward=rewards[i], advantage=advantage, flat_group=float(min(group) == max(group)))

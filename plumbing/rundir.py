@@ -12,7 +12,9 @@ import sys
 import time
 
 import torch
+from transformers import LogitsProcessor
 
+import grading
 from plumbing import UsageError
 from plumbing.distributed import ddp_rank, global_sum
 from plumbing.memory import peak_rss_gb
@@ -30,8 +32,9 @@ class RoundStats:
         self.args, self.t0 = args, time.time()
 
     def sampled(self, rollouts):
-        self.answer_tokens, self.n_rollouts, self.n_truncated = global_sum(
-            sum(len(r["answer_ids"]) for r in rollouts), len(rollouts), sum(r["truncated"] for r in rollouts))
+        self.answer_tokens, self.n_rollouts, self.n_truncated, self.entropy_sum, self.n_boxed = global_sum(
+            sum(len(r["answer_ids"]) for r in rollouts), len(rollouts), sum(r["truncated"] for r in rollouts),
+            sum(r["entropy"] * len(r["answer_ids"]) for r in rollouts), sum(grading.boxed(r["text"]) for r in rollouts))
         self.t1 = time.time()  # after the sums above, which wait for every rank: the round's sampling wall time
 
     def trained(self, n_tokens):
@@ -39,12 +42,31 @@ class RoundStats:
 
     def row(self):
         row = {"answer_len": self.answer_tokens / self.n_rollouts, "truncated": self.n_truncated / self.n_rollouts,
+               # label-free signals of how sure the model has become: its entropy per answer token, boxed answers
+               "entropy": self.entropy_sum / max(self.answer_tokens, 1), "boxed": self.n_boxed / self.n_rollouts,
                "gen_tokens_per_s": None if self.args.offline else self.answer_tokens / max(self.t1 - self.t0, 1e-9),
                "train_tokens_per_s": self.n_tokens / max(self.t2 - self.t1, 1e-9), "round_s": self.t2 - self.t0,
                "peak_rss_gb": peak_rss_gb()}  # this process's, so far: the plan's estimate is checked here
         if self.args.device == "cuda":
             row["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30  # rank 0's, under torchrun
         return row
+
+
+class TokenEntropy(LogitsProcessor):
+    """A logits processor that changes nothing and records each step's entropy (nats) of every row's next-token
+    distribution at tau 1: generate runs custom processors before its temperature. by_row(): (B, steps)."""
+
+    def __init__(self):
+        self.steps = []
+
+    def __call__(self, input_ids, scores):  # scores: (B, V)
+        # softmax x log_softmax (not exp or log): the kernels the toy's pinned float path already uses
+        p_log_p = torch.softmax(scores.float(), -1) * torch.log_softmax(scores.float(), -1)
+        self.steps.append(-p_log_p.nan_to_num(0.0).sum(-1).cpu())  # 0 x log 0 = 0 where a token is banned
+        return scores
+
+    def by_row(self):
+        return torch.stack(self.steps, 1)
 
 
 class RunDir:

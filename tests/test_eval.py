@@ -6,6 +6,8 @@ from fractions import Fraction
 import pytest
 
 import eval_math
+import sept_mini as sm
+from plumbing import models
 
 
 def exact_pass_at_k(n, c, k):
@@ -135,3 +137,54 @@ def test_real_table_splits_disjointly_and_reports_pass_at_1_with_its_standard_er
     assert by_seed["0"]["1"][0] == pytest.approx(table[1.0]["change"][0])
     assert "mean ± sd" in out and out.count(f"evaluating {tiny_model_dir} at tau") == 4  # the base: once
     assert out.index("| 1 | 0.6 |") < out.index("mean ± sd")  # the seeds' table after the round table, not inside it
+
+
+def test_agreement_is_the_share_of_tau_1_samples_that_give_the_greedy_answer_and_reads_no_label(tiny_model_dir,
+                                                                                                  monkeypatch):
+    model, tok = models.load_model(tiny_model_dir, "full", "cpu")
+    texts = {0.0: ["\\boxed{3}", "\\boxed{5}", "no answer", "\\boxed{1/2}"],  # greedy, then the tau-1 samples
+             1.0: ["so \\boxed{3}", "\\boxed{6}", "no answer", "\\boxed{0.5}"]}
+    monkeypatch.setattr(sm, "rollout", lambda model, tok, prompts, tau, *a, **k: [{"text": t} for t in texts[tau]])
+    questions = [{"question": f"{i}+1:", "answer": gold} for i, gold in enumerate(["3", "6", "7", "0.5"])]
+    scores = sm.evaluate(model, tok, questions, "user", 8, 1, 4, seed=0)
+    assert scores == {"pass@1": 0.75, "greedy": 0.5, "agreement": 0.5}  # 3 = 3 and 1/2 = 0.5; no answer never agrees
+    for q in questions:
+        q["answer"] = "999"  # other labels: the scores move, the agreement does not
+    assert sm.evaluate(model, tok, questions, "user", 8, 1, 4, seed=0) == {"pass@1": 0.0, "greedy": 0.0,
+                                                                             "agreement": 0.5}
+
+
+def test_real_curve_reports_held_out_rounds_with_errors_and_refuses_a_run_past_an_unscored_round(tmp_path):
+    """real_curve.py's table from run folders: the base as round 0, held-out rounds with standard errors, every
+    round's label-free signals, the probe's peak; and a run trained past a held-out round it never scored (so that
+    round's adapter is gone) is refused with what to do, not silently skipped."""
+    import argparse
+    import real_curve
+    out = tmp_path / "c"
+
+    def samples(folder, correct_by_tau):
+        for tau, correct in correct_by_tau.items():
+            (out / folder / f"tau{tau:g}").mkdir(parents=True)
+            (out / folder / f"tau{tau:g}" / "results.json").write_text("{}")
+            (out / folder / f"tau{tau:g}" / "samples.jsonl").write_text("".join(
+                json.dumps({"id": str(i), "tau": tau, "correct": c}) + "\n" for i, c in enumerate(correct)))
+    samples("eval-base", {0.0: [1, 0, 0, 0], 1.0: [0, 0, 0, 0]})
+    samples("eval-s0-r2", {0.0: [1, 1, 0, 0], 1.0: [1, 1, 1, 0]})
+    rows = [{"round": 0, "greedy": 0.5, "pass@1": 0.25, "agreement": 0.25}]
+    rows += [{"round": r, "loss": 0.1 / r, "answer_len": 30, "boxed": 1.0, "entropy": 0.2 / r, "round_s": 90,
+              **({"greedy": g, "pass@1": p, "agreement": 0.5} if g is not None else {})}
+             for r, g, p in ((1, None, None), (2, 0.75, 0.5), (3, None, None), (4, 0.5, 0.75))]
+    (out / "sept-s0").mkdir()
+    (out / "sept-s0" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = argparse.Namespace(seeds=[0], heldout_at=[2, 4], temps=[0.0, 1.0], heldout=4, out=str(out), rounds_to=4)
+    curve = real_curve.write_curve(args, ["--model", "M"], real_curve.load_samples(out / "eval-base", args.temps), 0)
+    assert curve["base"]["0"] == pytest.approx((25.0, 25.0)) and curve["base"]["1"] == (0.0, 0.0)
+    assert curve["seeds"]["0"]["heldout"]["2"]["1"] == pytest.approx((75.0, 25.0))  # mean, standard error
+    text = (out / "curve.md").read_text()
+    assert "| 0 | 25.0 ± 25.0 | 0.0 ± 0.0 |" in text and "| 2 | 50.0 ± 28.9 | 75.0 ± 25.0 |" in text
+    assert "| 3 | 0.033 | 30 | 1.00 | 0.067 |  |  |  | 90 |" in text  # a round without a probe
+    assert "peaks at round 2 greedy (75.0) and round 4 at tau 1 (75.0)" in text
+    assert (out / "curve.png").stat().st_size > 10_000
+    (out / "eval-s0-r2" / "tau0" / "results.json").unlink()  # round 2 unscored, and the run is at round 4
+    with pytest.raises(real_curve.UsageError, match="past round 2 without its held-out evaluation"):
+        real_curve.run_seed(args, 0)

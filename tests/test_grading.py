@@ -356,3 +356,10 @@ def test_fuzz_never_raises_and_returns_fast():
             assert verdict in (True, False)
         grading.extract_answer(text)
     assert worst < 0.8, f"slowest call took {worst:.2f}s"
+
+
+@pytest.mark.parametrize("text, want", [("so \\boxed{\\frac{1}{2}}.", True), ("\\fbox{4}", True),
+                                        ("cut off: \\boxed{\\frac{1}{2}", False), ("The answer is 4.", False),
+                                        ("\\boxed{3} then \\boxed{4", True)])
+def test_boxed_counts_only_a_closed_box(text, want):
+    assert grading.boxed(text) is want

@@ -130,3 +130,32 @@ def test_tau_schedule():
     assert sm.tau_sample_at(61, 90, 0.6, 1.0, "paper") == 1.0
     assert sm.tau_sample_at(90, 90, 0.6, 1.0, "paper") == 1.0
     assert all(sm.tau_sample_at(r, 90, 0.6, 1.0, "none") == 0.6 for r in (1, 45, 90))
+
+
+def test_rollout_entropy_is_the_models_entropy_at_tau_1_along_its_own_answer(tiny_model_dir):
+    """The label-free entropy signal: per answer token, the entropy of pi(. | prefix) at tau 1 (not at tau_sample),
+    averaged over the answer, equal to a plain forward pass over prompt + answer."""
+    model, tok = load_tiny(tiny_model_dir)
+    torch.manual_seed(0)
+    rollouts = sm.rollout(model, tok, ["12+3:", "45+6-7+8-9:"], 0.5, 10, batch_size=2)
+    for r in rollouts:
+        ids = torch.tensor([r["prompt_ids"] + r["answer_ids"]])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(r["prompt_ids"]) - 1:-1].double()  # (answer, V): each answer token's
+        p = logits.softmax(-1)
+        want = -(p * logits.log_softmax(-1)).sum(-1).mean().item()
+        assert abs(r["entropy"] - want) < 1e-4, (r["entropy"], want)
+        assert r["text"] == tok.decode(r["answer_ids"], skip_special_tokens=True)
+
+
+def test_the_entropy_meter_changes_no_sample(tiny_model_dir):
+    model, tok = load_tiny(tiny_model_dir)
+    prompts = ["12+3:", "45+6-7+8-9:", "3:"]
+    torch.manual_seed(1)
+    metered = sm.rollout(model, tok, prompts, 1.0, 12, batch_size=3)
+    config = sm.generation_config(1.0, 12, models.stop_token_ids(model, tok), tok.pad_token_id)
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(1)
+    plain = model.generate(**enc, generation_config=config)[:, enc.input_ids.shape[1]:].tolist()
+    for r, row in zip(metered, plain):
+        assert row[:len(r["answer_ids"])] == r["answer_ids"]

@@ -4,6 +4,7 @@ number a run has without labels turns with it.
     python experiments/real_curve.py --model FOLDER                   # 48 rounds, seeds 0 and 1 side by side
     python experiments/real_curve.py --model FOLDER --seeds 0         # one seed, two threads
     python experiments/real_curve.py --model FOLDER --rounds-to 16    # only the first part: resume later
+    python experiments/real_curve.py --model FOLDER --report          # the curve so far, while the seeds run
     python experiments/real_curve.py --model FOLDER --fast            # smoke test, minutes; no result
 
 The real-table recipe (wordsum, 32 questions a round, LoRA lr 3e-5, tau_sample 0.6 constant, answers up to 192
@@ -71,7 +72,7 @@ def run_seed(args, seed):
         t0 = time.time()
         real_table.evaluate(run_dir, data.WORD_SUMS, args, folder, seed)
         print(f"seed {seed}: held-out evaluation at round {at} in {(time.time() - t0) / 60:.1f} min", flush=True)
-    if args.rounds_to > max(args.heldout_at, default=0):
+    if done_rounds(run_dir) < args.rounds_to:  # a part that ends between held-out rounds
         train_to(args, run_dir, seed, args.rounds_to)
 
 
@@ -117,6 +118,8 @@ def make_curve(argv):
       "evaluations, then one per seed (default: 2)")
     a("--memory-budget-gb", type=float, default=None, help="each training run's memory budget (default: "
       "sept_mini's plan alone; 10 each when seeds run side by side)")
+    a("--report", action="store_true", help="train nothing: write the curve from what the runs have done so far "
+      "(default: off)")
     a("--child", action="store_true", help=argparse.SUPPRESS)  # one seed's process: the parent writes the curve
     a("--out", default="runs/real_curve", help="folder for everything (default: runs/real_curve)")
     a("--fast", action="store_true", help="smoke test: 8 held-out questions, 4 rounds of 4, 64 tokens (default: off)")
@@ -136,7 +139,11 @@ def make_curve(argv):
         raise UsageError("--rounds and --probe-every must be >= 1, and every --heldout-at round in 1..--rounds")
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
-    base = real_table.evaluate(args.model, data.WORD_SUMS, args, os.path.join(args.out, "eval-base"), args.seeds[0])
+    if not args.child:  # the parent scores the base once, before the seeds
+        base = real_table.evaluate(args.model, data.WORD_SUMS, args, os.path.join(args.out, "eval-base"),
+                                   args.seeds[0])
+    if args.report:
+        return write_curve(args, argv, base, t0)
     if len(args.seeds) > 1 and args.workers > 1:  # one child per seed, one thread each
         children = []
         for seed in args.seeds:
@@ -158,9 +165,9 @@ def make_curve(argv):
 def write_curve(args, argv, base, t0):
     """curve.md, curve.json and curve.png from what the runs have done so far."""
     curve = {"base": {f"{t:g}": scores(base, t) for t in args.temps}, "seeds": {}}
+    args.seeds = [s for s in args.seeds if os.path.isfile(os.path.join(args.out, f"sept-s{s}", "metrics.jsonl"))]
     for seed in args.seeds:
-        run_dir = os.path.join(args.out, f"sept-s{seed}")
-        rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+        rows = [json.loads(line) for line in open(os.path.join(args.out, f"sept-s{seed}", "metrics.jsonl"))]
         heldout = {0: curve["base"]}
         for at in args.heldout_at:
             folder = os.path.join(args.out, f"eval-s{seed}-r{at}")

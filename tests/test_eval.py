@@ -1,6 +1,7 @@
 """eval_math.py: the unbiased pass@k estimator, the report, --regrade, and bad input."""
 import itertools
 import json
+import os
 from fractions import Fraction
 
 import pytest
@@ -188,3 +189,30 @@ def test_real_curve_reports_held_out_rounds_with_errors_and_refuses_a_run_past_a
     (out / "eval-s0-r2" / "tau0" / "results.json").unlink()  # round 2 unscored, and the run is at round 4
     with pytest.raises(real_curve.UsageError, match="past round 2 without its held-out evaluation"):
         real_curve.run_seed(args, 0)
+
+
+def test_real_curve_goes_on_in_parts_scoring_each_held_out_round_once(tmp_path, monkeypatch):
+    import argparse
+    import real_curve
+    calls = []
+
+    def train_to(args, run_dir, seed, rounds):
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"round": rounds, "loss": 0.1}) + "\n")
+        calls.append(f"train to {rounds}")
+
+    def evaluate(model, heldout, args, folder, seed):
+        for tau in args.temps:
+            os.makedirs(os.path.join(folder, f"tau{tau:g}"))
+            open(os.path.join(folder, f"tau{tau:g}", "results.json"), "w").close()
+        calls.append(f"score {os.path.basename(folder)}")
+    monkeypatch.setattr(real_curve, "train_to", train_to)
+    monkeypatch.setattr(real_curve.real_table, "evaluate", evaluate)
+    args = argparse.Namespace(heldout_at=[8, 16], temps=[0.0, 1.0], out=str(tmp_path), rounds_to=12)
+    real_curve.run_seed(args, 3)  # a first part that ends between held-out rounds
+    assert calls == ["train to 8", "score eval-s3-r8", "train to 12"]
+    args.rounds_to = 16
+    real_curve.run_seed(args, 3)
+    real_curve.run_seed(args, 3)  # run again: nothing left to do
+    assert calls[3:] == ["train to 16", "score eval-s3-r16"]

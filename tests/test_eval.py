@@ -216,3 +216,15 @@ def test_real_curve_goes_on_in_parts_scoring_each_held_out_round_once(tmp_path, 
     real_curve.run_seed(args, 3)
     real_curve.run_seed(args, 3)  # run again: nothing left to do
     assert calls[3:] == ["train to 16", "score eval-s3-r16"]
+
+
+def test_a_stream_turns_where_it_stops_moving_its_way_and_only_past_points_decide():
+    from real_curve import turn
+    probe = [(0, 50), (4, 60), (8, 66), (12, 64), (16, 60), (20, 58)]  # rises, peaks at round 8, falls
+    assert turn(probe, +1) == (8, 16)  # known two probes (8 rounds) after the peak
+    assert turn(probe[:5], +1) == (8, 16) and turn(probe[:4], +1) is None  # causal: the same call at round 16
+    assert turn([(r, -v) for r, v in probe], -1) == (8, 16)  # a falling stream, mirrored
+    entropy = [(r, 0.2 * 0.5 ** r if r < 4 else 0.0125 - 0.0001 * r) for r in range(1, 30)]  # halves, then creeps
+    assert turn(entropy, -1) is None  # without a margin, every creeping step is a new best
+    assert turn(entropy, -1, margin=0.05) == (4, 12)  # with one, the creep is a plateau
+    assert turn([(r, 1 - 0.9 ** r) for r in range(40)], +1, margin=0.05)[0] > 20  # a steady rise is not a turn

@@ -249,11 +249,13 @@ def write_curve(args, argv, base, t0):
     return curve
 
 
-def plot(curve, path):
+def plot(curve, path=None):
     """Held-out (points with standard errors) and probe (lines) against round, greedy and tau 1, each seed; the
-    base's best as a dashed line; below, the label-free signals scaled to their first value."""
+    base's best as a dashed line; right, the label-free signals scaled to their first value. Saved to path, or
+    shown (in a notebook) without one."""
     import matplotlib
-    matplotlib.use("Agg")
+    if path:
+        matplotlib.use("Agg")  # no display needed to write a file
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     best = max(v[0] for v in curve["base"].values())
@@ -277,6 +279,8 @@ def plot(curve, path):
     axes[2].set(title="label-free signals / their first value", xlabel="round")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
+    if not path:
+        return plt.show()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project root
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import grading
 import real_table
 import sept_mini as sm
 from plumbing import UsageError, console, data
@@ -85,6 +86,13 @@ def run_seed(args, seed):
 def scores(samples, tau):
     """(mean, standard error) of held-out pass@1 in % at tau, over questions."""
     return real_table.mean_and_se(real_table.per_question(samples, tau).values())
+
+
+def agreement(samples):
+    """(mean, standard error) in % of held-out questions whose tau-1 sample gives the greedy answer: no label read."""
+    greedy = {s["id"]: s["answer"] for s in samples if s["tau"] == 0}
+    return real_table.mean_and_se(100.0 * (greedy[s["id"]] is not None and grading.grade(s["text"], greedy[s["id"]]))
+                                  for s in samples if s["tau"] == 1)
 
 
 def load_samples(folder, temps):
@@ -185,7 +193,7 @@ def make_curve(argv):
 
 def write_curve(args, argv, base, t0):
     """curve.md, curve.json and curve.png from what the runs have done so far."""
-    curve = {"base": {f"{t:g}": scores(base, t) for t in args.temps}, "seeds": {}}
+    curve = {"base": {**{f"{t:g}": scores(base, t) for t in args.temps}, "agreement": agreement(base)}, "seeds": {}}
     args.seeds = [s for s in args.seeds if os.path.isfile(os.path.join(args.out, f"sept-s{s}", "metrics.jsonl"))]
     for seed in args.seeds:
         rows = [json.loads(line) for line in open(os.path.join(args.out, f"sept-s{seed}", "metrics.jsonl"))]
@@ -193,20 +201,22 @@ def write_curve(args, argv, base, t0):
         for at in args.heldout_at:
             folder = os.path.join(args.out, f"eval-s{seed}-r{at}")
             if os.path.isfile(os.path.join(folder, "tau1", "results.json")):
-                heldout[at] = {f"{t:g}": scores(load_samples(folder, args.temps), t) for t in args.temps}
+                samples = load_samples(folder, args.temps)
+                heldout[at] = {**{f"{t:g}": scores(samples, t) for t in args.temps}, "agreement": agreement(samples)}
         curve["seeds"][str(seed)] = {"rows": rows, "heldout": {str(r): v for r, v in heldout.items()}}
-    best_tau = max(curve["base"], key=lambda t: curve["base"][t][0])
+    best_tau = max(("0", "1"), key=lambda t: curve["base"][t][0])
     fmt = lambda m: f"{m[0]:.1f} ± {m[1]:.1f}"
     lines = [f"Held-out pass@1 (%, ± standard error over {args.heldout} questions; one sample per question at tau 1). "
              f"Round 0 is the base model (best of greedy and tau 1: {'greedy' if best_tau == '0' else 'tau 1'}, "
-             f"{fmt(curve['base'][best_tau])}):", "",
-             "| round | " + " | ".join(f"seed {s} greedy | seed {s} tau 1" for s in args.seeds) + " |",
-             "|---:|" + "---:|---:|" * len(args.seeds)]
+             f"{fmt(curve['base'][best_tau])}); agreement: the share of questions whose tau-1 sample gives the greedy "
+             "answer, which reads no label:", "",
+             "| round | " + " | ".join(f"seed {s} greedy | seed {s} tau 1 | seed {s} agreement" for s in args.seeds)
+             + " |", "|---:|" + "---:|---:|---:|" * len(args.seeds)]
     for at in [0, *args.heldout_at]:
         cells = [curve["seeds"][str(s)]["heldout"].get(str(at)) for s in args.seeds]
         if any(cells):
-            lines.append(f"| {at} | " + " | ".join(f"{fmt(c['0'])} | {fmt(c['1'])}" if c else " | " for c in cells)
-                         + " |")
+            lines.append(f"| {at} | " + " | ".join(f"{fmt(c['0'])} | {fmt(c['1'])} | {fmt(c['agreement'])}" if c
+                                                   else " |  | " for c in cells) + " |")
     for seed in args.seeds:
         rows = curve["seeds"][str(seed)]["rows"]
         probes = [r for r in rows if "greedy" in r]

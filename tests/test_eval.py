@@ -167,8 +167,9 @@ def test_real_curve_reports_held_out_rounds_with_errors_and_refuses_a_run_past_a
         for tau, correct in correct_by_tau.items():
             (out / folder / f"tau{tau:g}").mkdir(parents=True)
             (out / folder / f"tau{tau:g}" / "results.json").write_text("{}")
-            (out / folder / f"tau{tau:g}" / "samples.jsonl").write_text("".join(
-                json.dumps({"id": str(i), "tau": tau, "correct": c}) + "\n" for i, c in enumerate(correct)))
+            (out / folder / f"tau{tau:g}" / "samples.jsonl").write_text("".join(  # tau 1 gives greedy's 5 twice
+                json.dumps({"id": str(i), "tau": tau, "correct": c, "answer": "5", "text": f"\\boxed{{{5 + (i > 1)}}}"})
+                + "\n" for i, c in enumerate(correct)))
     samples("eval-base", {0.0: [1, 0, 0, 0], 1.0: [0, 0, 0, 0]})
     samples("eval-s0-r2", {0.0: [1, 1, 0, 0], 1.0: [1, 1, 1, 0]})
     rows = [{"round": 0, "greedy": 0.5, "pass@1": 0.25, "agreement": 0.25}]
@@ -182,7 +183,7 @@ def test_real_curve_reports_held_out_rounds_with_errors_and_refuses_a_run_past_a
     assert curve["base"]["0"] == pytest.approx((25.0, 25.0)) and curve["base"]["1"] == (0.0, 0.0)
     assert curve["seeds"]["0"]["heldout"]["2"]["1"] == pytest.approx((75.0, 25.0))  # mean, standard error
     text = (out / "curve.md").read_text()
-    assert "| 0 | 25.0 ± 25.0 | 0.0 ± 0.0 |" in text and "| 2 | 50.0 ± 28.9 | 75.0 ± 25.0 |" in text
+    assert "| 0 | 25.0 ± 25.0 | 0.0 ± 0.0 | 50.0 ± 28.9 |" in text and "| 2 | 50.0 ± 28.9 | 75.0 ± 25.0 |" in text
     assert "| 3 | 0.033 | 30 | 1.00 | 0.067 |  |  |  | 90 |" in text  # a round without a probe
     assert "peaks at round 2 greedy (75.0) and round 4 at tau 1 (75.0)" in text
     assert (out / "curve.png").stat().st_size > 10_000

@@ -12,7 +12,6 @@ import sys
 import time
 
 import torch
-from transformers import LogitsProcessor
 
 import grading
 from plumbing import UsageError
@@ -52,9 +51,10 @@ class RoundStats:
         return row
 
 
-class TokenEntropy(LogitsProcessor):
-    """A logits processor that changes nothing and records each step's entropy (nats) of every row's next-token
-    distribution at tau 1: generate runs custom processors before its temperature. by_row(): (B, steps)."""
+class TokenEntropy:
+    """A logits processor for generate (any callable of (input_ids, scores) is one; transformers is not imported at
+    start-up) that changes nothing and records each step's entropy (nats) of every row's next-token distribution at
+    tau 1: generate runs custom processors before its temperature. by_row(): (B, steps)."""
 
     def __init__(self):
         self.steps = []

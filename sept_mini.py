@@ -230,10 +230,10 @@ def evaluate(model, tokenizer, questions, style, max_new_tokens, samples, batch_
                          static_cache=static_cache)
         sampled = rollout(model, tokenizer, prompts * samples, 1.0, max_new_tokens, batch_size, desc="eval tau=1",
                           static_cache=static_cache)
-    golds = [grading.extract_answer(r["text"]) for r in greedy]  # greedy's own answers: no label is read
-    return {"pass@1": sum(graded(sampled, [q["answer"] for q in questions] * samples)) / len(sampled),
-            "greedy": sum(graded(greedy, [q["answer"] for q in questions])) / len(greedy),
-            "agreement": sum(graded(sampled, golds * samples)) / len(sampled)}  # tau-1 samples that say greedy's
+    golds, own = [q["answer"] for q in questions], [grading.extract_answer(r["text"]) for r in greedy]  # own: no label
+    return {"pass@1": sum(graded(sampled, golds * samples)) / len(sampled),
+            "greedy": sum(graded(greedy, golds)) / len(greedy),
+            "agreement": sum(graded(sampled, own * samples)) / len(sampled)}  # tau-1 samples that say greedy's
 
 
 def graded(rollouts, golds):
@@ -376,7 +376,7 @@ def objective(args, tokenizer):
     if args.objective == "emft":
         return emft_loss, lambda rollouts: {}
     if args.objective == "grpo":
-        return grpo_loss, lambda rollouts: grpo_rewards(tokenizer, rollouts, args.rollouts)
+        return grpo_loss, lambda rollouts: grpo_rewards(rollouts, args.rollouts)
     return sept_loss, lambda rollouts: {}
 
 
@@ -411,7 +411,7 @@ def grpo_advantages(rewards, n_questions, eps=1e-6):
     return ((r - r.mean(0)) / (r.std(0) + eps)).flatten().tolist()
 
 
-def grpo_rewards(tokenizer, rollouts, group_size):
+def grpo_rewards(rollouts, group_size):
     """GRPO's step between sampling and training: each answer's reward from the grader and its advantage within
     its question's group of `group_size` answers. Returns the round's training reward and its share of flat groups
     (all rewards equal: no signal), over every rank."""

@@ -29,7 +29,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project root
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import grading
 import real_table
 import sept_mini as sm
 from plumbing import UsageError, console, data
@@ -91,8 +90,8 @@ def scores(samples, tau):
 def agreement(samples):
     """(mean, standard error) in % of held-out questions whose tau-1 sample gives the greedy answer: no label read."""
     greedy = {s["id"]: s["answer"] for s in samples if s["tau"] == 0}
-    return real_table.mean_and_se(100.0 * (greedy[s["id"]] is not None and grading.grade(s["text"], greedy[s["id"]]))
-                                  for s in samples if s["tau"] == 1)
+    sampled = [s for s in samples if s["tau"] == 1]
+    return real_table.mean_and_se(100 * g for g in sm.graded(sampled, [greedy[s["id"]] for s in sampled]))
 
 
 def load_samples(folder, temps):

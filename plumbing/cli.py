@@ -168,6 +168,9 @@ def build_parser():
       "train on it (default: off)")
     a("--eval-every", type=int, default=10, help="held-out evaluation every N rounds, and before and after; 0 turns "
       "it off (default: 10)")
+    a("--warn-plateau", type=int, default=0, help="warn (one line, and 'plateau' in the metrics row) once the share of "
+      "tau-1 evaluation samples that give the greedy answer, which reads no label, has not risen for N rounds; "
+      "the run goes on; 0: off (default: 0)")
     a("--eval-size", type=int, default=256, help="held-out questions per evaluation (default: 256)")
     a("--eval-samples", type=int, default=2, help="samples per question for held-out pass@1 at tau=1 (default: 2)")
     a("--save-every", type=int, default=10, help="write the resumable checkpoint every N rounds, and after any round "
@@ -275,9 +278,11 @@ def validate(args):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-    for name in ("eval_every", "warmup_steps"):
+    for name in ("eval_every", "warmup_steps", "warn_plateau"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(args, name)})")
+    if args.warn_plateau and not args.eval_every:
+        raise UsageError("--warn-plateau reads the agreement of held-out evaluations: pass --eval-every N as well")
     if args.updates_per_round > args.prompts_per_round * args.rollouts:
         raise UsageError("--updates-per-round cannot exceed prompts-per-round x rollouts (each update needs answers)")
     args.device = pick_device(args.device)

@@ -21,6 +21,8 @@ from plumbing.models import load_model, resolve_model_path, trainable_state
 
 CHECKPOINTS = ("ckpt.pt", "ckpt.prev.pt")  # newest first
 CHECKPOINT_EVERY_S = 60  # a real model's round takes minutes: none of them is lost to a kill (see save_if_due)
+PLATEAU_SIGNAL = "agreement"  # --warn-plateau's signal: the share of tau-1 samples that give the greedy answer
+PLATEAU_MARGIN = 0.05  # a new best must add 5% to the signal's move so far: creeping towards a limit is a plateau
 
 
 class RoundStats:
@@ -133,6 +135,8 @@ class RunDir:
         write_atomic(self.samples_path, "".join(json.dumps(r) + "\n" for r in samples))
 
     def log(self, row):
+        if self.args.warn_plateau and not any("plateau" in r for r in self.rows):
+            row.update(plateau_warning(self.rows + [row], self.args.warn_plateau, self.main_rank))
         self.rows.append(row)
         if self.main_rank:
             with open(self.metrics_path, "a") as f:
@@ -173,6 +177,35 @@ class RunDir:
                       f"{100 * (last[key] - first[key]):>+9.1f}")
         print(f"\nsaved {final} ({'adapter' if self.args.finetune != 'full' else 'model'}); "
               f"metrics in {self.metrics_path}")
+
+
+def turn(points, direction, patience, margin=0.0):
+    """(round of the best point, round at which it is known) for a stream of (round, value) that stopped moving its
+    way (direction +1: up, -1: down), or None while it still moves. A point is a new best when it beats the best so
+    far by more than margin x the distance the stream has moved from its first point; the stream has turned once
+    `patience` rounds pass without one. Causal: at each point it reads only the points so far, as a run would."""
+    best = 0
+    for i, (rnd, value) in enumerate(points[1:], 1):
+        moved = abs(points[best][1] - points[0][1])
+        if direction * (value - points[best][1]) > margin * moved:
+            best = i
+        elif rnd - points[best][0] >= patience:
+            return points[best][0], rnd
+    return None
+
+
+def plateau_warning(rows, patience, say=True):
+    """{"plateau": best round} in the row where agreement (no label read) is first seen to have stopped rising for
+    `patience` rounds, with one printed line; {} otherwise. It warns and changes nothing: the run goes on."""
+    points = [(r["round"], r[PLATEAU_SIGNAL]) for r in rows if r.get(PLATEAU_SIGNAL) is not None]
+    turned = turn(points, +1, patience, PLATEAU_MARGIN)
+    if turned is None or turned[1] != rows[-1]["round"]:  # not turned, or turned at an earlier row (resumed runs)
+        return {}
+    if say:
+        print(f"round {turned[1]}: agreement (tau-1 samples that give the greedy answer; no label read) has not risen "
+              f"for {patience} rounds since round {turned[0]}: the model has stopped sharpening, and more rounds may "
+              "not help (docs/real-models.md, 'How long to train')", file=sys.stderr)
+    return {"plateau": turned[0]}
 
 
 def save_checkpoint(out, model, optimizer, scheduler, round_, offline_data, rows, scaler_state=None):

@@ -186,6 +186,8 @@ def test_real_curve_reports_held_out_rounds_with_errors_and_refuses_a_run_past_a
     assert "| 0 | 25.0 ± 25.0 | 0.0 ± 0.0 | 50.0 ± 28.9 |" in text and "| 2 | 50.0 ± 28.9 | 75.0 ± 25.0 |" in text
     assert "| 3 | 0.033 | 30 | 1.00 | 0.067 |  |  |  | 90 |" in text  # a round without a probe
     assert "peaks at round 2 greedy (75.0) and round 4 at tau 1 (75.0)" in text
+    assert "held-out score peaks at round 2 greedy (50.0) and round 2 at tau 1 (75.0)" in text
+    assert curve["seeds"]["0"]["turns"]["held-out agreement"] is None  # 2 rounds: nothing can have turned yet
     assert (out / "curve.png").stat().st_size > 10_000
     (out / "eval-s0-r2" / "tau0" / "results.json").unlink()  # round 2 unscored, and the run is at round 4
     with pytest.raises(real_curve.UsageError, match="past round 2 without its held-out evaluation"):
@@ -220,12 +222,49 @@ def test_real_curve_goes_on_in_parts_scoring_each_held_out_round_once(tmp_path, 
 
 
 def test_a_stream_turns_where_it_stops_moving_its_way_and_only_past_points_decide():
-    from real_curve import turn
+    from plumbing.rundir import turn
     probe = [(0, 50), (4, 60), (8, 66), (12, 64), (16, 60), (20, 58)]  # rises, peaks at round 8, falls
-    assert turn(probe, +1) == (8, 16)  # known two probes (8 rounds) after the peak
-    assert turn(probe[:5], +1) == (8, 16) and turn(probe[:4], +1) is None  # causal: the same call at round 16
-    assert turn([(r, -v) for r, v in probe], -1) == (8, 16)  # a falling stream, mirrored
+    assert turn(probe, +1, 8) == (8, 16)  # known two probes (8 rounds) after the peak
+    assert turn(probe[:5], +1, 8) == (8, 16) and turn(probe[:4], +1, 8) is None  # causal: the same call at round 16
+    assert turn([(r, -v) for r, v in probe], -1, 8) == (8, 16)  # a falling stream, mirrored
     entropy = [(r, 0.2 * 0.5 ** r if r < 4 else 0.0125 - 0.0001 * r) for r in range(1, 30)]  # halves, then creeps
-    assert turn(entropy, -1) is None  # without a margin, every creeping step is a new best
-    assert turn(entropy, -1, margin=0.05) == (4, 12)  # with one, the creep is a plateau
-    assert turn([(r, 1 - 0.9 ** r) for r in range(40)], +1, margin=0.05)[0] > 20  # a steady rise is not a turn
+    assert turn(entropy, -1, 8) is None  # without a margin, every creeping step is a new best
+    assert turn(entropy, -1, 8, margin=0.05) == (4, 12)  # with one, the creep is a plateau
+    assert turn([(r, 1 - 0.9 ** r) for r in range(40)], +1, 8, margin=0.05)[0] > 20  # a steady rise is not a turn
+
+
+AGREEMENT = {0: 0.37, 4: 0.60, 8: 0.80, 12: 0.81, 16: 0.79, 20: 0.90, 24: 0.78}  # rises to round 8, then creeps
+
+
+def test_warn_plateau_marks_the_one_row_where_agreement_stops_rising(tmp_path, capsys):
+    import argparse
+    from plumbing import rundir
+    for patience, marked in ((8, [16]), (0, []), (100, [])):  # the first turn, once; off; never known
+        out = tmp_path / str(patience)
+        out.mkdir()
+        run = rundir.RunDir(argparse.Namespace(out=str(out), warn_plateau=patience), "model", 1)
+        for r in range(25):  # a synthetic metrics stream: agreement at each evaluation, every 4 rounds
+            run.log({"round": r, "loss": 0.01, **({"agreement": AGREEMENT[r]} if r in AGREEMENT else {})})
+        rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+        assert [r["round"] for r in rows if "plateau" in r] == marked
+        assert all(r["plateau"] == 8 for r in rows if "plateau" in r)  # the best round, 0.81 adds under 5% of 0.43
+        assert capsys.readouterr().err.count("has not risen for") == len(marked)
+    rising = [{"round": r, "agreement": 0.3 + 0.02 * r} for r in range(0, 48, 4)]
+    assert all(rundir.plateau_warning(rising[:i], 8, say=False) == {} for i in range(1, len(rising) + 1))
+
+
+def test_warn_plateau_reaches_the_metrics_rows_of_a_run_and_survives_a_resume(tiny_model_dir, tmp_path, monkeypatch,
+                                                                               capsys):
+    def scripted(sampler, tokenizer, heldout, round_, args):
+        return {"pass@1": 0.0, "greedy": 0.0, "agreement": AGREEMENT[round_]}
+    monkeypatch.setattr(sm, "evaluate_heldout", scripted)
+    args = ["--model", tiny_model_dir, "--dataset", "toy", "--eval-dataset", "toy", "--out", str(tmp_path),
+            "--prompts-per-round", "2", "--max-new-tokens", "4", "--eval-every", "4", "--warn-plateau", "8"]
+    sm.main([*args, "--rounds", "16"])
+    sm.main(["--out", str(tmp_path), "--resume", "--rounds", "24"])
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [(r["round"], r["plateau"]) for r in rows if "plateau" in r] == [(16, 8)]  # once, not again after resume
+    assert capsys.readouterr().err.count("has not risen for 8 rounds since round 8") == 1
+    with pytest.raises(SystemExit):
+        sm.main([*args, "--eval-every", "0", "--overwrite"])
+    assert "--warn-plateau reads the agreement of held-out evaluations" in capsys.readouterr().err

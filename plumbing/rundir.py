@@ -203,8 +203,9 @@ def plateau_warning(rows, patience, say=True):
         return {}
     if say:
         print(f"round {turned[1]}: agreement (tau-1 samples that give the greedy answer; no label read) has not risen "
-              f"for {patience} rounds since round {turned[0]}: the model has stopped sharpening, and more rounds may "
-              "not help (docs/real-models.md, 'How long to train')", file=sys.stderr)
+              f"for {patience} rounds since round {turned[0]}: score the model on labelled questions before going on; "
+              "on a real model this came before a dip on one seed and a further rise on both (docs/real-models.md, "
+              "'How long to train')", file=sys.stderr)
     return {"plateau": turned[0]}
 
 

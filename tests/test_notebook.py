@@ -9,7 +9,7 @@ import pytest
 NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
 LESSONS = sorted(name for name in os.listdir(NOTEBOOKS) if name.endswith(".ipynb"))
 FIGURES = {"1_two_temperatures.ipynb": 2, "2_sept_on_the_toy.ipynb": 2, "3_ablations_and_rivals.ipynb": 3,
-           "4_real_model.ipynb": 1}
+           "4_real_model.ipynb": 2}
 
 
 def outputs(nb):
@@ -84,3 +84,16 @@ def test_lesson_3_in_class_reads_the_published_table_from_a_fresh_clone(tmp_path
     gain = re.search(r"\| online \(SePT\) \| [^|]+ \| \*\*\+([^*]+)\*\*", readme).group(1)  # the README's online gain
     assert "data/toy_table.json" in shown and f"**{gain}**" in shown, (gain, shown[:2000])
     assert not (tmp_path / "no-runs").exists()  # nothing was started
+
+
+def test_the_48_round_table_in_the_docs_is_the_curve_lesson_4_ships():
+    """docs/real-models.md's held-out table and lesson 4's figure come from one run: notebooks/data/real_curve.json."""
+    import json
+    curve = json.load(open(os.path.join(NOTEBOOKS, "data", "real_curve.json")))
+    docs = open(os.path.join(NOTEBOOKS, "..", "docs", "real-models.md")).read()
+    fmt = lambda m: f"{m[0]:.1f} ± {m[1]:.1f}"
+    for rnd in ("8", "16", "32", "48"):
+        row = " | ".join(f"{fmt(v['0'])} | {fmt(v['1'])} | {fmt(v['agreement'])}"
+                         for v in (curve["seeds"][s]["heldout"][rnd] for s in ("0", "1")))
+        assert f"| {rnd} | {row} |" in docs, rnd
+    assert "real_curve.py" in curve["command"] and os.path.isfile(os.path.join(NOTEBOOKS, "..", "docs", "real_curve.png"))

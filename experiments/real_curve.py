@@ -269,7 +269,7 @@ def plot(curve, path=None):
             held = sorted((int(r), v[tau]) for r, v in run["heldout"].items())
             ax.errorbar([r for r, _ in held], [m for _, (m, _) in held], yerr=[se for _, (_, se) in held], color=color,
                         fmt="o-", capsize=3, label=f"seed {seed}: held-out (256)")
-        warned = (run.get("turns") or {}).get("agreement")  # where --warn-plateau 8 would have warned this seed
+        warned = run["turns"]["agreement"]  # where --warn-plateau 8 would have warned this seed (None: never)
         for ax in axes if warned else ():
             ax.axvline(warned[1], color=color, ls="-.", lw=1, label=f"seed {seed}: warn-plateau at {warned[1]}")
         for key, style in (("entropy", "-"), ("loss", "--"), ("agreement", ":")):

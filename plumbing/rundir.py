@@ -135,7 +135,7 @@ class RunDir:
         write_atomic(self.samples_path, "".join(json.dumps(r) + "\n" for r in samples))
 
     def log(self, row):
-        if self.args.warn_plateau and not any("plateau" in r for r in self.rows):
+        if self.args.warn_plateau:  # plateau_warning marks only the row where the turn is first seen, resumed or not
             row.update(plateau_warning(self.rows + [row], self.args.warn_plateau, self.main_rank))
         self.rows.append(row)
         if self.main_rank:
